@@ -1,0 +1,18 @@
+"""rnnkit: RNN, LSTM and GRU layers written from their equations, drop-in for torch.nn."""
+
+from rnnkit.convert import from_torch, to_torch
+from rnnkit.layers import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "GRU",
+    "GRUCell",
+    "LSTM",
+    "LSTMCell",
+    "RNN",
+    "RNNCell",
+    "from_torch",
+    "to_torch",
+    "__version__",
+]

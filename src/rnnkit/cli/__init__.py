@@ -1,0 +1,49 @@
+"""The ``rnnkit`` command line: a thin shell over the tasks.
+
+Each command lives in its own module, which exposes ``register(subparsers)``.
+A command's handler returns an exit code. Errors that the user can fix
+(``ValueError``, ``OSError``) become one line on stderr and exit code 2;
+anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+COMMAND_MODULES = [
+    "rnnkit.cli.forecast",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from rnnkit import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="rnnkit",
+        description="Train, compare, forecast and explain recurrent sequence models.",
+    )
+    parser.add_argument("--version", action="version", version=f"rnnkit {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "handler", None) is None:
+        parser.print_help()
+        return 2
+    logging.basicConfig(level=logging.WARNING, format="rnnkit: %(message)s")
+    try:
+        return int(args.handler(args) or 0)
+    except (ValueError, OSError) as error:
+        print(f"rnnkit: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("rnnkit: interrupted", file=sys.stderr)
+        return 130
