@@ -123,9 +123,20 @@ def from_lengths(x: Tensor, lengths: Tensor | list[int]) -> Layout:
 def check_lengths(lengths: Tensor | list[int], steps: int, batch: int) -> Tensor:
     """Return ``lengths`` as an int64 CPU tensor after checking it fits (T, B)."""
     if not isinstance(lengths, Tensor):
-        lengths = torch.as_tensor(list(lengths), dtype=torch.int64)
-    if lengths.dtype.is_floating_point or lengths.dtype.is_complex:
-        raise TypeError(f"lengths must hold integers, got dtype {lengths.dtype}")
+        # No dtype is forced here, so that floats in a list are rejected below
+        # instead of being truncated. An empty list would otherwise be float.
+        try:
+            lengths = torch.as_tensor(lengths if len(lengths) else [])
+        except (TypeError, ValueError, RuntimeError) as error:
+            raise TypeError(
+                "expected lengths as a list, tuple, array or 1-D tensor of "
+                f"integers, got {type(lengths).__name__}"
+            ) from error
+        if lengths.numel() == 0:
+            lengths = lengths.to(torch.int64)
+    dtype = lengths.dtype
+    if dtype.is_floating_point or dtype.is_complex or dtype == torch.bool:
+        raise TypeError(f"expected lengths of an integer dtype, got {dtype}")
     lengths = lengths.detach().to("cpu", torch.int64)
     if lengths.dim() != 1 or lengths.numel() != batch:
         raise ValueError(
