@@ -2,6 +2,7 @@
 
 from rnnkit.convert import from_torch, to_torch
 from rnnkit.layers import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
+from rnnkit.trace import trace
 
 __version__ = "0.1.0"
 
@@ -14,5 +15,6 @@ __all__ = [
     "RNNCell",
     "from_torch",
     "to_torch",
+    "trace",
     "__version__",
 ]
