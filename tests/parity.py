@@ -83,7 +83,9 @@ def run_with_gradients(layer: nn.Module, value, leaves, hx, seed: int = 2):
     generator = torch.Generator().manual_seed(seed)
     loss = (data * torch.randn(data.shape, generator=generator, dtype=data.dtype)).sum()
     for s in states:
-        loss = loss + (s * torch.randn(s.shape, generator=generator, dtype=s.dtype)).sum()
+        loss = (
+            loss + (s * torch.randn(s.shape, generator=generator, dtype=s.dtype)).sum()
+        )
     parameters = [p for _, p in sorted(layer.named_parameters())]
     gradients = torch.autograd.grad(loss, leaves + parameters)
     results = {"output": data}
@@ -110,7 +112,11 @@ def assert_same_results(expected: dict, actual: dict, dtype) -> None:
         assert other.shape == value.shape, f"{name}: {other.shape} != {value.shape}"
         if value.dtype.is_floating_point:
             torch.testing.assert_close(
-                other, value, rtol=tolerance, atol=tolerance, msg=lambda m, n=name: f"{n}: {m}"
+                other,
+                value,
+                rtol=tolerance,
+                atol=tolerance,
+                msg=lambda m, n=name: f"{n}: {m}",
             )
         else:
             assert torch.equal(other, value), name

@@ -1,4 +1,4 @@
-"""rnnkit's layers against torch.nn over a grid of every constructor argument and input form.
+"""rnnkit's layers against torch.nn over a grid of every argument and input form.
 
 Outputs, final states and the gradients with respect to the input, the initial
 state and every parameter must equal torch.nn's: to 1e-5 in float32 and 1e-10

@@ -1,4 +1,4 @@
-"""rnnkit: RNN, LSTM and GRU layers written from their equations, drop-in for torch.nn."""
+"""rnnkit: RNN, LSTM and GRU layers from their equations, drop-in for torch.nn."""
 
 from rnnkit.convert import from_torch, to_torch
 from rnnkit.layers import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell

@@ -30,7 +30,7 @@ def from_torch(module: nn.Module) -> nn.Module:
 
 
 def to_torch(module: nn.Module) -> nn.Module:
-    """Return the ``torch.nn`` layer or cell equivalent to an rnnkit one, same weights."""
+    """Return the ``torch.nn`` layer or cell equal to an rnnkit one, same weights."""
     for torch_type, rnnkit_type in _PAIRS:
         if type(module) is rnnkit_type:
             return _convert(module, torch_type)

@@ -1,4 +1,4 @@
-"""RNN, LSTM and GRU layers and cells, interchangeable with their ``torch.nn`` namesakes.
+"""RNN, LSTM and GRU layers and cells, interchangeable with ``torch.nn``'s.
 
 Constructor arguments and defaults, parameter names and shapes, initialisation,
 input forms and return values are those of ``torch.nn``, so a state dict moves
@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
-from rnnkit import cells, kernels, sequence
+from rnnkit import cells, kernels, regularize, sequence
 
 GATES = {"RNN_TANH": 1, "RNN_RELU": 1, "LSTM": 4, "GRU": 3}
 
@@ -41,6 +41,10 @@ class RecurrentBase(nn.Module):
         proj_size: int = 0,
         device=None,
         dtype=None,
+        *,
+        recurrent_dropout: float = 0.0,
+        zoneout: float = 0.0,
+        weight_dropout: float = 0.0,
     ) -> None:
         super().__init__()
         _check_constructor_args(
@@ -63,6 +67,13 @@ class RecurrentBase(nn.Module):
         self.dropout = float(dropout)
         self.bidirectional = bidirectional
         self.proj_size = proj_size
+        self.recurrent_dropout = regularize.check_probability(
+            "recurrent_dropout", recurrent_dropout
+        )
+        self.zoneout = regularize.check_probability("zoneout", zoneout)
+        self.weight_dropout = regularize.check_probability(
+            "weight_dropout", weight_dropout
+        )
 
         # Parameters are created in torch.nn's order, so that the same seed
         # draws the same initial weights.
@@ -88,7 +99,9 @@ class RecurrentBase(nn.Module):
                     shapes["weight_hr"] = (proj_size, hidden_size)
                 names = []
                 for kind, shape in shapes.items():
-                    setattr(self, kind + suffix, nn.Parameter(torch.empty(shape, **factory)))
+                    setattr(
+                        self, kind + suffix, nn.Parameter(torch.empty(shape, **factory))
+                    )
                     names.append(kind + suffix)
                 self._flat_weights_names.extend(names)
                 self._all_weights.append(names)
@@ -126,6 +139,9 @@ class RecurrentBase(nn.Module):
             text += f", dropout={self.dropout}"
         if self.bidirectional is not False:
             text += f", bidirectional={self.bidirectional}"
+        for name in ("recurrent_dropout", "zoneout", "weight_dropout"):
+            if getattr(self, name) != 0:
+                text += f", {name}={getattr(self, name)}"
         return text
 
     def to_torch(self) -> nn.Module:
@@ -136,7 +152,7 @@ class RecurrentBase(nn.Module):
 
     # Forward pass.
 
-    def forward(self, input, hx=None, *, lengths=None):
+    def forward(self, input, hx=None, *, lengths=None, generator=None):
         """Run the layer over a sequence batch.
 
         ``input`` is (T, B, I), (B, T, I) with ``batch_first``, (T, I) unbatched,
@@ -146,6 +162,10 @@ class RecurrentBase(nn.Module):
         valid steps: outputs past it are zero and the final state is that of the
         row's last valid step, as with a ``PackedSequence``; a length of 0 leaves
         the row's state at h0.
+        ``generator`` (keyword-only) draws the masks of ``recurrent_dropout``,
+        ``zoneout`` and ``weight_dropout`` in training, in the order given in
+        ``rnnkit.regularize``; without it they come from the global RNG. The
+        ``dropout`` between layers always uses the global RNG, as in ``torch.nn``.
 
         Returns ``(output, h_n)``, or ``(output, (h_n, c_n))`` for the LSTM.
         """
@@ -181,7 +201,7 @@ class RecurrentBase(nn.Module):
 
         initial = self._initial_state(hx, layout.batch, unbatched, reference)
         initial = tuple(layout.to_sorted(s) for s in initial)
-        output, final = self._run_layers(layout, initial)
+        output, final = self._run_layers(layout, initial, generator)
 
         output = layout.restore(output)
         if not isinstance(output, PackedSequence):
@@ -197,7 +217,10 @@ class RecurrentBase(nn.Module):
         return output, final[0]
 
     def _run_layers(
-        self, layout: sequence.Layout, initial: tuple[Tensor, ...]
+        self,
+        layout: sequence.Layout,
+        initial: tuple[Tensor, ...],
+        generator: torch.Generator | None = None,
     ) -> tuple[Tensor, tuple[Tensor, ...]]:
         layer_input = layout.data
         finals: list[list[Tensor]] = [[] for _ in initial]
@@ -205,13 +228,13 @@ class RecurrentBase(nn.Module):
             outputs = []
             for direction in range(self.num_directions):
                 index = layer * self.num_directions + direction
-                output, final = kernels.run_direction(
-                    self.mode,
+                output, final = self._run_direction(
+                    index,
                     layer_input,
                     layout.batch_sizes,
                     tuple(s[index] for s in initial),
-                    self._direction_weights(index),
-                    reverse=direction == 1,
+                    direction == 1,
+                    generator,
                 )
                 outputs.append(output)
                 for collected, state in zip(finals, final, strict=True):
@@ -220,6 +243,35 @@ class RecurrentBase(nn.Module):
             if self.dropout > 0 and self.training and layer < self.num_layers - 1:
                 layer_input = F.dropout(layer_input, self.dropout, training=True)
         return layer_input, tuple(torch.stack(states) for states in finals)
+
+    def _run_direction(
+        self,
+        index: int,
+        data: Tensor,
+        batch_sizes: list[int],
+        state: tuple[Tensor, ...],
+        reverse: bool,
+        generator: torch.Generator | None,
+    ) -> tuple[Tensor, tuple[Tensor, ...]]:
+        """Run layer and direction ``index``, with the regularisers in training."""
+        weights = self._direction_weights(index)
+        regularized = self.recurrent_dropout or self.zoneout or self.weight_dropout
+        if not (self.training and regularized):
+            return kernels.run_direction(
+                self.mode, data, batch_sizes, state, weights, reverse
+            )
+        return regularize.run_direction(
+            self.mode,
+            data,
+            batch_sizes,
+            state,
+            weights,
+            reverse,
+            recurrent_dropout=self.recurrent_dropout,
+            zoneout=self.zoneout,
+            weight_dropout=self.weight_dropout,
+            generator=generator,
+        )
 
     def _direction_weights(self, index: int) -> tuple[Tensor | None, ...]:
         """Return (w_ih, w_hh, b_ih, b_hh, w_hr) of one layer and direction."""
@@ -343,6 +395,10 @@ class RNN(RecurrentBase):
         bidirectional: bool = False,
         device=None,
         dtype=None,
+        *,
+        recurrent_dropout: float = 0.0,
+        zoneout: float = 0.0,
+        weight_dropout: float = 0.0,
     ) -> None:
         modes = {"tanh": "RNN_TANH", "relu": "RNN_RELU"}
         if nonlinearity not in modes:
@@ -353,6 +409,8 @@ class RNN(RecurrentBase):
         super().__init__(
             modes[nonlinearity], input_size, hidden_size, num_layers, bias,
             batch_first, dropout, bidirectional, 0, device, dtype,
+            recurrent_dropout=recurrent_dropout, zoneout=zoneout,
+            weight_dropout=weight_dropout,
         )  # fmt: skip
 
 
@@ -380,10 +438,16 @@ class LSTM(RecurrentBase):
         proj_size: int = 0,
         device=None,
         dtype=None,
+        *,
+        recurrent_dropout: float = 0.0,
+        zoneout: float = 0.0,
+        weight_dropout: float = 0.0,
     ) -> None:
         super().__init__(
             "LSTM", input_size, hidden_size, num_layers, bias, batch_first,
             dropout, bidirectional, proj_size, device, dtype,
+            recurrent_dropout=recurrent_dropout, zoneout=zoneout,
+            weight_dropout=weight_dropout,
         )  # fmt: skip
 
 
@@ -410,10 +474,16 @@ class GRU(RecurrentBase):
         bidirectional: bool = False,
         device=None,
         dtype=None,
+        *,
+        recurrent_dropout: float = 0.0,
+        zoneout: float = 0.0,
+        weight_dropout: float = 0.0,
     ) -> None:
         super().__init__(
             "GRU", input_size, hidden_size, num_layers, bias, batch_first,
             dropout, bidirectional, 0, device, dtype,
+            recurrent_dropout=recurrent_dropout, zoneout=zoneout,
+            weight_dropout=weight_dropout,
         )  # fmt: skip
 
 
@@ -421,16 +491,21 @@ def _check_constructor_args(
     mode, input_size, hidden_size, num_layers, bias, batch_first, dropout,
     bidirectional, proj_size,
 ) -> None:  # fmt: skip
-    for name, value in (("bias", bias), ("batch_first", batch_first),
-                        ("bidirectional", bidirectional)):  # fmt: skip
+    flags = {"bias": bias, "batch_first": batch_first, "bidirectional": bidirectional}
+    for name, value in flags.items():
         if not isinstance(value, bool):
             raise TypeError(f"expected {name} of type bool, got {type(value).__name__}")
-    for name, value in (("input_size", input_size), ("hidden_size", hidden_size),
-                        ("num_layers", num_layers), ("proj_size", proj_size)):  # fmt: skip
+    sizes = {
+        "input_size": input_size,
+        "hidden_size": hidden_size,
+        "num_layers": num_layers,
+        "proj_size": proj_size,
+    }
+    for name, value in sizes.items():
         if not isinstance(value, int) or isinstance(value, bool):
             raise TypeError(f"expected {name} of type int, got {type(value).__name__}")
-    for name, value in (("input_size", input_size), ("hidden_size", hidden_size),
-                        ("num_layers", num_layers)):  # fmt: skip
+    for name in ("input_size", "hidden_size", "num_layers"):
+        value = sizes[name]
         if value <= 0:
             raise ValueError(f"expected {name} greater than zero, got {value}")
     if (
@@ -459,7 +534,7 @@ def _check_constructor_args(
 
 
 class CellBase(nn.Module):
-    """A single-step recurrent cell shared by ``RNNCell``, ``LSTMCell`` and ``GRUCell``."""
+    """The single-step cell shared by ``RNNCell``, ``LSTMCell`` and ``GRUCell``."""
 
     def __init__(
         self, input_size: int, hidden_size: int, bias: bool, gates: int, device, dtype
@@ -510,7 +585,9 @@ class CellBase(nn.Module):
     def _prepare(self, input: Tensor, hx, count: int) -> tuple[Tensor, tuple, bool]:
         """Check a step's input and state, and return them batched (B, *)."""
         if not isinstance(input, Tensor):
-            raise TypeError(f"expected input to be a Tensor, got {type(input).__name__}")
+            raise TypeError(
+                f"expected input to be a Tensor, got {type(input).__name__}"
+            )
         if input.dim() not in (1, 2):
             raise ValueError(
                 f"expected input of 2 dimensions (B, {self.input_size}) or 1 "
@@ -583,7 +660,9 @@ class RNNCell(CellBase):
     def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:
         x, (h,), unbatched = self._prepare(input, hx, 1)
         x_proj = F.linear(x, self.weight_ih, self.bias_ih)
-        step = cells.rnn_tanh_step if self.nonlinearity == "tanh" else cells.rnn_relu_step
+        step = (
+            cells.rnn_tanh_step if self.nonlinearity == "tanh" else cells.rnn_relu_step
+        )
         h = step(x_proj, h, self.weight_hh, self.bias_hh)
         return h.squeeze(0) if unbatched else h
 
@@ -595,7 +674,12 @@ class LSTMCell(CellBase):
     """
 
     def __init__(
-        self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None
+        self,
+        input_size: int,
+        hidden_size: int,
+        bias: bool = True,
+        device=None,
+        dtype=None,
     ) -> None:
         super().__init__(input_size, hidden_size, bias, 4, device, dtype)
 
@@ -615,7 +699,12 @@ class GRUCell(CellBase):
     """
 
     def __init__(
-        self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None
+        self,
+        input_size: int,
+        hidden_size: int,
+        bias: bool = True,
+        device=None,
+        dtype=None,
     ) -> None:
         super().__init__(input_size, hidden_size, bias, 3, device, dtype)
 

@@ -7,6 +7,8 @@ against.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -21,6 +23,10 @@ def run_direction(
     state: tuple[Tensor, ...],
     weights: tuple[Tensor | None, ...],
     reverse: bool,
+    *,
+    project: Callable[[Tensor], Tensor] | None = None,
+    step: Callable[[Tensor, tuple[Tensor, ...]], tuple[Tensor, ...]] | None = None,
+    zoneout: tuple[Tensor | None, ...] | None = None,
 ) -> tuple[Tensor, tuple[Tensor, ...]]:
     """Run one layer in one direction over a time-major packed sequence.
 
@@ -30,9 +36,16 @@ def run_direction(
     (B, *) with B = ``max(batch_sizes)``; a row outside a step's prefix keeps its
     state unchanged. Returns the outputs (N, H_out) in the same layout as
     ``data`` and the final state of every row.
+
+    The keyword arguments replace parts of the plain cell, for the features
+    beyond ``torch.nn``. ``project(data)`` replaces ``W_ih x + b_ih``.
+    ``step(x_t, state)`` replaces the cell step of ``mode`` and receives only
+    the rows active at step t. ``zoneout`` holds one mask (N, *) per state
+    tensor, or None for a state without zoneout, in the layout of ``data``:
+    where a mask is 1, the unit keeps its previous value at that step.
     """
     w_ih, w_hh, b_ih, b_hh, w_hr = weights
-    x_proj = F.linear(data, w_ih, b_ih)
+    x_proj = F.linear(data, w_ih, b_ih) if project is None else project(data)
 
     offsets = [0]
     for size in batch_sizes:
@@ -44,7 +57,12 @@ def run_direction(
         size = batch_sizes[t]
         x_t = x_proj[offsets[t] : offsets[t + 1]]
         active = tuple(s[:size] for s in state)
-        new = _step(mode, x_t, active, w_hh, b_hh, w_hr)
+        if step is None:
+            new = _step(mode, x_t, active, w_hh, b_hh, w_hr)
+        else:
+            new = step(x_t, active)
+        if zoneout is not None:
+            new = _zone_out(new, active, zoneout, offsets[t], offsets[t + 1])
         if size < state[0].shape[0]:
             new = tuple(
                 torch.cat((n, s[size:])) for n, s in zip(new, state, strict=True)
@@ -55,6 +73,24 @@ def run_direction(
     if not outputs:
         return x_proj.new_empty(0, state[0].shape[1]), state
     return torch.cat(outputs), state
+
+
+def _zone_out(
+    new: tuple[Tensor, ...],
+    previous: tuple[Tensor, ...],
+    masks: tuple[Tensor | None, ...],
+    start: int,
+    stop: int,
+) -> tuple[Tensor, ...]:
+    """Keep each unit's previous value where its zoneout mask is 1."""
+    result = []
+    for n, p, mask in zip(new, previous, masks, strict=True):
+        if mask is None:
+            result.append(n)
+        else:
+            keep = mask[start:stop]
+            result.append(keep * p + (1 - keep) * n)
+    return tuple(result)
 
 
 def _step(
