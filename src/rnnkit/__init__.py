@@ -1,6 +1,7 @@
 """rnnkit: RNN, LSTM and GRU layers from their equations, drop-in for torch.nn."""
 
 from rnnkit.convert import from_torch, to_torch
+from rnnkit.kernels.backend import get_backend, set_backend, use_backend
 from rnnkit.layers import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
 from rnnkit.trace import trace
 
@@ -14,7 +15,10 @@ __all__ = [
     "RNN",
     "RNNCell",
     "from_torch",
+    "get_backend",
+    "set_backend",
     "to_torch",
+    "use_backend",
     "trace",
     "__version__",
 ]

@@ -1,0 +1,633 @@
+// Fused CPU forward and backward passes for one recurrent layer and direction.
+//
+// The ops run a whole packed, time-major sequence in one call: the input
+// projection of every step is one matrix product, and each step is one
+// recurrent product followed by one pass of gate arithmetic over the rows
+// active at that step. The layout and equations are those of
+// rnnkit/kernels/reference.py and rnnkit/cells.py.
+//
+// Shapes: N packed rows, B batch, I input features, H hidden, P projection,
+// H_out = P with a projection, else H. G gates (1, 3 or 4).
+//   input (N, I), h0 (B, H_out), c0 (B, H), w_ih (G*H, I), w_hh (G*H, H_out),
+//   b_ih and b_hh (G*H), w_hr (P, H).
+// The forward op also returns a workspace of gate activations that the
+// backward op reads: LSTM (N, 5H) = [i, f, g, o, c], GRU (N, 4H) =
+// [r, z, n, W_hn h + b_hn], and (0,) for the Elman RNN, whose backward needs
+// only its outputs.
+
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/addmm.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/mm.h>
+#include <ATen/ops/sum.h>
+#include <ATen/ops/zeros.h>
+#include <ATen/ops/zeros_like.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <tuple>
+#include <vector>
+
+namespace {
+
+using at::Tensor;
+
+enum class Mode { kTanh, kRelu, kLstm, kGru };
+
+Mode parse_mode(c10::string_view name) {
+  if (name == "RNN_TANH") return Mode::kTanh;
+  if (name == "RNN_RELU") return Mode::kRelu;
+  if (name == "LSTM") return Mode::kLstm;
+  if (name == "GRU") return Mode::kGru;
+  TORCH_CHECK(false, "unknown recurrent mode '", std::string(name.data(), name.size()),
+              "'; expected LSTM, GRU, RNN_TANH or RNN_RELU");
+  return Mode::kTanh;  // not reached: TORCH_CHECK(false, ...) throws
+}
+
+int64_t gate_count(Mode mode) {
+  switch (mode) {
+    case Mode::kLstm: return 4;
+    case Mode::kGru: return 3;
+    default: return 1;
+  }
+}
+
+// Activations written without branches, so that the compiler vectorises the
+// gate loops that call them. For float, exp follows the Cephes expf scheme:
+// x = k ln2 + r with |r| <= ln2 / 2, a degree-7 polynomial for exp(r), and
+// 2^k built from its exponent bits; its relative error is about 1e-7. Double
+// keeps the C library functions, because it is used for checking, not speed.
+template <typename T>
+struct Math;
+
+template <>
+struct Math<float> {
+  static inline float exp(float x) {
+    x = x < -87.0f ? -87.0f : x;
+    x = x > 88.0f ? 88.0f : x;
+    const float k = std::floor(x * 1.44269504088896341f + 0.5f);
+    float r = x - k * 0.693359375f;
+    r = r + k * 2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    const float y = p * r * r + r + 1.0f;
+    const int32_t bits = (static_cast<int32_t>(k) + 127) << 23;
+    float scale;
+    std::memcpy(&scale, &bits, sizeof(scale));
+    return y * scale;
+  }
+  static inline float sigmoid(float x) { return 1.0f / (1.0f + exp(-x)); }
+  static inline float tanh(float x) { return 2.0f / (1.0f + exp(-2.0f * x)) - 1.0f; }
+};
+
+template <>
+struct Math<double> {
+  static inline double sigmoid(double x) { return 1.0 / (1.0 + std::exp(-x)); }
+  static inline double tanh(double x) { return std::tanh(x); }
+};
+
+// Rows of step t are rows offsets[t] .. offsets[t] + sizes[t] of the packed
+// data, a prefix of the batch.
+struct Steps {
+  std::vector<int64_t> sizes;
+  std::vector<int64_t> offsets;
+  int64_t count = 0;
+
+  Steps(at::IntArrayRef batch_sizes, int64_t rows, int64_t batch) {
+    count = static_cast<int64_t>(batch_sizes.size());
+    int64_t offset = 0;
+    int64_t previous = batch;
+    for (int64_t t = 0; t < count; ++t) {
+      const int64_t size = batch_sizes[t];
+      TORCH_CHECK(size > 0 && size <= previous,
+                  "expected batch_sizes to be positive, non-increasing and at most "
+                  "the batch size ", batch, ", got ", size, " at step ", t);
+      sizes.push_back(size);
+      offsets.push_back(offset);
+      offset += size;
+      previous = size;
+    }
+    TORCH_CHECK(offset == rows, "expected batch_sizes to add up to the ", rows,
+                " rows of the input, got ", offset);
+  }
+
+  // The packed row holding the state that row b of step t starts from, or -1
+  // when it starts from the initial state. The step before t in the
+  // direction of travel is t - 1 forward and t + 1 in reverse.
+  int64_t previous_row(int64_t t, int64_t b, bool reverse) const {
+    const int64_t before = reverse ? t + 1 : t - 1;
+    if (before < 0 || before >= count || b >= sizes[before]) return -1;
+    return offsets[before] + b;
+  }
+};
+
+// A product below this many multiply-adds runs as a plain loop, because the
+// call overhead of at::mm (a few microseconds) would dominate it.
+// NOTE: the threshold was tuned on one AVX-512 machine with 2 cores.
+constexpr int64_t kSmallProduct = 32 * 1024;
+
+// out[r, :] (+)= sum_k a[r, k] * w[k, :] for r < rows, where w is (K, M)
+// row-major; lda and ldo are the row strides of a and out.
+template <typename T>
+void small_matmul(const T* a, int64_t lda, int64_t rows, int64_t K, const T* w,
+                  int64_t M, T* out, int64_t ldo, bool accumulate) {
+  for (int64_t r = 0; r < rows; ++r) {
+    T* __restrict o = out + r * ldo;
+    if (!accumulate) {
+      for (int64_t m = 0; m < M; ++m) o[m] = T(0);
+    }
+    const T* a_row = a + r * lda;
+    for (int64_t k = 0; k < K; ++k) {
+      const T value = a_row[k];
+      const T* __restrict w_row = w + k * M;
+      for (int64_t m = 0; m < M; ++m) o[m] += value * w_row[m];
+    }
+  }
+}
+
+// out (+)= a @ w with a (rows, K) and w (K, M) given as tensor views; w_rows is
+// the contiguous (K, M) copy used by the plain loop.
+template <typename T>
+void matmul(const Tensor& a, const Tensor& w, const Tensor& w_rows, Tensor out,
+            bool accumulate) {
+  const int64_t rows = a.size(0), K = a.size(1), M = w.size(1);
+  if (rows == 0) return;
+  if (rows * K * M <= kSmallProduct) {
+    small_matmul<T>(a.const_data_ptr<T>(), a.stride(0), rows, K,
+                    w_rows.const_data_ptr<T>(), M, out.mutable_data_ptr<T>(),
+                    out.stride(0), accumulate);
+  } else if (accumulate) {
+    out.addmm_(a, w);
+  } else {
+    at::mm_out(out, a, w);
+  }
+}
+
+// Run fn(begin, end) over rows, split across torch's intra-op threads when the
+// step has enough elements to pay for it.
+template <typename Fn>
+void for_rows(int64_t rows, int64_t row_elements, const Fn& fn) {
+  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, row_elements));
+  at::parallel_for(0, rows, grain, fn);
+}
+
+// Forward gate arithmetic of one row. xg and hg hold the input and recurrent
+// pre-activations of the row; act receives the gate activations (a workspace
+// row, or hg itself when nothing is saved).
+
+template <typename T>
+inline void rnn_row(Mode mode, int64_t H, const T* __restrict xg,
+                    const T* __restrict hg, T* __restrict h, T* __restrict out) {
+  if (mode == Mode::kTanh) {
+    for (int64_t j = 0; j < H; ++j) {
+      const T value = Math<T>::tanh(xg[j] + hg[j]);
+      h[j] = value;
+      out[j] = value;
+    }
+  } else {
+    for (int64_t j = 0; j < H; ++j) {
+      const T pre = xg[j] + hg[j];
+      const T value = pre > T(0) ? pre : T(0);
+      h[j] = value;
+      out[j] = value;
+    }
+  }
+}
+
+template <typename T, bool kSave>
+inline void lstm_row(int64_t H, const T* __restrict xg, T* hg, T* act,
+                     T* __restrict c, T* __restrict h, T* __restrict out) {
+  for (int64_t j = 0; j < H; ++j) {
+    const T i = Math<T>::sigmoid(xg[j] + hg[j]);
+    const T f = Math<T>::sigmoid(xg[H + j] + hg[H + j]);
+    const T g = Math<T>::tanh(xg[2 * H + j] + hg[2 * H + j]);
+    const T o = Math<T>::sigmoid(xg[3 * H + j] + hg[3 * H + j]);
+    const T c_next = f * c[j] + i * g;
+    const T h_next = o * Math<T>::tanh(c_next);
+    act[j] = i;
+    act[H + j] = f;
+    act[2 * H + j] = g;
+    act[3 * H + j] = o;
+    if (kSave) act[4 * H + j] = c_next;
+    c[j] = c_next;
+    h[j] = h_next;
+    if (out != nullptr) out[j] = h_next;
+  }
+}
+
+template <typename T, bool kSave>
+inline void gru_row(int64_t H, const T* __restrict xg, T* hg, const T* __restrict b_hn,
+                    T* act, T* __restrict h, T* __restrict out) {
+  for (int64_t j = 0; j < H; ++j) {
+    const T r = Math<T>::sigmoid(xg[j] + hg[j]);
+    const T z = Math<T>::sigmoid(xg[H + j] + hg[H + j]);
+    const T hn = hg[2 * H + j] + (b_hn != nullptr ? b_hn[j] : T(0));
+    const T n = Math<T>::tanh(xg[2 * H + j] + r * hn);
+    const T h_next = (T(1) - z) * n + z * h[j];
+    act[j] = r;
+    act[H + j] = z;
+    act[2 * H + j] = n;
+    if (kSave) act[3 * H + j] = hn;
+    h[j] = h_next;
+    out[j] = h_next;
+  }
+}
+
+struct Weights {
+  Tensor w_ih, w_hh, b_ih, b_hh, w_hr;  // b_ih, b_hh, w_hr may be undefined
+};
+
+template <typename T>
+std::tuple<Tensor, Tensor, Tensor, Tensor> forward_impl(
+    Mode mode, const Tensor& x, const Tensor& h0, const Tensor& c0, const Weights& w,
+    const Steps& steps, bool reverse, bool train) {
+  const int64_t G = gate_count(mode);
+  const int64_t GH = w.w_hh.size(0), H = GH / G, H_out = w.w_hh.size(1);
+  const int64_t N = x.size(0), B = h0.size(0);
+  const bool lstm = mode == Mode::kLstm, gru = mode == Mode::kGru;
+  const bool projected = w.w_hr.defined();
+
+  // The input projection of every step, with every bias that adds to it
+  // folded in. The GRU keeps b_hn apart, because r multiplies it.
+  Tensor bias;
+  if (w.b_ih.defined()) bias = w.b_ih.clone();
+  if (w.b_hh.defined()) {
+    const int64_t folded = gru ? 2 * H : GH;
+    if (bias.defined()) {
+      bias.narrow(0, 0, folded).add_(w.b_hh.narrow(0, 0, folded));
+    } else {
+      bias = at::zeros({GH}, x.options());
+      bias.narrow(0, 0, folded).copy_(w.b_hh.narrow(0, 0, folded));
+    }
+  }
+  const Tensor xg = bias.defined() ? at::addmm(bias, x, w.w_ih.t()) : at::mm(x, w.w_ih.t());
+  const T* b_hn = gru && w.b_hh.defined() ? w.b_hh.const_data_ptr<T>() + 2 * H : nullptr;
+
+  Tensor h = h0.clone(at::MemoryFormat::Contiguous);
+  Tensor c = lstm ? c0.clone(at::MemoryFormat::Contiguous) : Tensor();
+  Tensor output = at::empty({N, H_out}, x.options());
+  const int64_t saved = lstm ? 5 * H : (gru ? 4 * H : 0);
+  Tensor workspace = at::empty({train ? N : 0, train ? saved : 0}, x.options());
+  Tensor hg = at::empty({B, GH}, x.options());
+  Tensor m = projected ? at::empty({B, H}, x.options()) : Tensor();
+
+  const Tensor w_hh_t = w.w_hh.t();
+  const Tensor w_hh_rows = w_hh_t.contiguous();
+  const Tensor w_hr_t = projected ? w.w_hr.t() : Tensor();
+  const Tensor w_hr_rows = projected ? w_hr_t.contiguous() : Tensor();
+
+  const T* xg_data = xg.const_data_ptr<T>();
+  T* hg_data = hg.mutable_data_ptr<T>();
+  T* h_data = h.mutable_data_ptr<T>();
+  T* c_data = lstm ? c.mutable_data_ptr<T>() : nullptr;
+  T* m_data = projected ? m.mutable_data_ptr<T>() : nullptr;
+  T* out_data = output.mutable_data_ptr<T>();
+  T* ws_data = train ? workspace.mutable_data_ptr<T>() : nullptr;
+
+  for (int64_t s = 0; s < steps.count; ++s) {
+    const int64_t t = reverse ? steps.count - 1 - s : s;
+    const int64_t rows = steps.sizes[t], offset = steps.offsets[t];
+    matmul<T>(h.narrow(0, 0, rows), w_hh_t, w_hh_rows, hg.narrow(0, 0, rows), false);
+
+    for_rows(rows, GH, [&](int64_t begin, int64_t end) {
+      for (int64_t b = begin; b < end; ++b) {
+        const T* xg_row = xg_data + (offset + b) * GH;
+        T* hg_row = hg_data + b * GH;
+        T* out_row = out_data + (offset + b) * H_out;
+        T* ws_row = train ? ws_data + (offset + b) * saved : hg_row;
+        if (lstm) {
+          T* h_row = projected ? m_data + b * H : h_data + b * H_out;
+          T* o_row = projected ? nullptr : out_row;
+          if (train) {
+            lstm_row<T, true>(H, xg_row, hg_row, ws_row, c_data + b * H, h_row, o_row);
+          } else {
+            lstm_row<T, false>(H, xg_row, hg_row, ws_row, c_data + b * H, h_row, o_row);
+          }
+        } else if (gru) {
+          if (train) {
+            gru_row<T, true>(H, xg_row, hg_row, b_hn, ws_row, h_data + b * H, out_row);
+          } else {
+            gru_row<T, false>(H, xg_row, hg_row, b_hn, ws_row, h_data + b * H, out_row);
+          }
+        } else {
+          rnn_row<T>(mode, H, xg_row, hg_row, h_data + b * H, out_row);
+        }
+      }
+    });
+
+    if (projected) {
+      Tensor h_rows = h.narrow(0, 0, rows);
+      matmul<T>(m.narrow(0, 0, rows), w_hr_t, w_hr_rows, h_rows, false);
+      output.narrow(0, offset, rows).copy_(h_rows);
+    }
+  }
+  return {output, h, lstm ? c : at::empty({0}, x.options()), workspace};
+}
+
+// Backward gate arithmetic of one row. dh holds dL/dh_t of the row on entry;
+// the GRU row replaces it with the part of dL/dh_{t-1} that bypasses W_hh.
+
+template <typename T>
+inline void rnn_backward_row(Mode mode, int64_t H, const T* __restrict out,
+                             const T* __restrict dh, T* __restrict dg) {
+  if (mode == Mode::kTanh) {
+    for (int64_t j = 0; j < H; ++j) dg[j] = dh[j] * (T(1) - out[j] * out[j]);
+  } else {
+    for (int64_t j = 0; j < H; ++j) dg[j] = out[j] > T(0) ? dh[j] : T(0);
+  }
+}
+
+template <typename T>
+inline void lstm_backward_row(int64_t H, const T* __restrict act,
+                              const T* __restrict c_prev, const T* __restrict dh,
+                              T* __restrict dc, T* __restrict dg, T* __restrict m) {
+  for (int64_t j = 0; j < H; ++j) {
+    const T i = act[j], f = act[H + j], g = act[2 * H + j], o = act[3 * H + j];
+    const T tanh_c = Math<T>::tanh(act[4 * H + j]);
+    const T dc_next = dc[j] + dh[j] * o * (T(1) - tanh_c * tanh_c);
+    const T d_o = dh[j] * tanh_c;
+    dg[j] = dc_next * g * i * (T(1) - i);
+    dg[H + j] = dc_next * c_prev[j] * f * (T(1) - f);
+    dg[2 * H + j] = dc_next * i * (T(1) - g * g);
+    dg[3 * H + j] = d_o * o * (T(1) - o);
+    dc[j] = dc_next * f;
+    if (m != nullptr) m[j] = o * tanh_c;
+  }
+}
+
+template <typename T>
+inline void gru_backward_row(int64_t H, const T* __restrict act,
+                             const T* __restrict h_prev, T* __restrict dh,
+                             T* __restrict dg) {
+  for (int64_t j = 0; j < H; ++j) {
+    const T r = act[j], z = act[H + j], n = act[2 * H + j], hn = act[3 * H + j];
+    const T d = dh[j];
+    const T dn_pre = d * (T(1) - z) * (T(1) - n * n);
+    const T dz = d * (h_prev[j] - n);
+    const T dr = dn_pre * hn;
+    dg[j] = dr * r * (T(1) - r);
+    dg[H + j] = dz * z * (T(1) - z);
+    dg[2 * H + j] = dn_pre;
+    dg[3 * H + j] = dn_pre * r;
+    dh[j] = d * z;
+  }
+}
+
+using Gradients = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
+
+template <typename T>
+Gradients backward_impl(Mode mode, const Tensor& grad_output, const Tensor& grad_h_n,
+                        const Tensor& grad_c_n, const Tensor& x, const Tensor& h0,
+                        const Tensor& c0, const Weights& w, const Tensor& output,
+                        const Tensor& workspace, const Steps& steps, bool reverse,
+                        bool input_grad) {
+  const int64_t G = gate_count(mode);
+  const int64_t GH = w.w_hh.size(0), H = GH / G, H_out = w.w_hh.size(1);
+  const int64_t N = x.size(0), B = h0.size(0);
+  const bool lstm = mode == Mode::kLstm, gru = mode == Mode::kGru;
+  const bool projected = w.w_hr.defined();
+  const int64_t saved = lstm ? 5 * H : (gru ? 4 * H : 0);
+  TORCH_CHECK(workspace.size(0) == N && (saved == 0 || workspace.size(1) == saved),
+              "the fused backward needs the workspace saved by a forward run with "
+              "train=True");
+
+  // dh and dc start as the gradients of the final state; after step t they
+  // hold dL/dh_{t-1} and dL/dc_{t-1} for the rows active at t, and rows that
+  // are not active keep theirs. At the end they are the initial-state grads.
+  Tensor dh = grad_h_n.defined() ? grad_h_n.clone(at::MemoryFormat::Contiguous)
+                                 : at::zeros({B, H_out}, x.options());
+  Tensor dc;
+  if (lstm) {
+    dc = grad_c_n.defined() ? grad_c_n.clone(at::MemoryFormat::Contiguous)
+                            : at::zeros({B, H}, x.options());
+  }
+  // Gradients of the pre-activations: for the GRU [r, z, n (input side),
+  // n (recurrent side)], else one block per gate, shared by both sides.
+  const int64_t dg_width = gru ? 4 * H : GH;
+  Tensor dgates = at::empty({N, dg_width}, x.options());
+  Tensor dm = projected ? at::empty({B, H}, x.options()) : Tensor();
+  Tensor m = projected ? at::empty({B, H}, x.options()) : Tensor();
+  Tensor grad_w_hr = projected ? at::zeros_like(w.w_hr) : at::empty({0}, x.options());
+
+  const Tensor w_hh_rows = w.w_hh.contiguous();
+  const Tensor w_hr_rows = projected ? w.w_hr.contiguous() : Tensor();
+  // For the GRU, dL/dh_{t-1} through W_hh comes from blocks r, z and the
+  // recurrent n block, so W_hh's rows are taken in two parts.
+  const Tensor w_hh_rz = w_hh_rows.narrow(0, 0, gru ? 2 * H : GH);
+  const Tensor w_hh_n = gru ? w_hh_rows.narrow(0, 2 * H, H) : Tensor();
+
+  const T* act_data = saved ? workspace.const_data_ptr<T>() : nullptr;
+  const T* out_data = output.const_data_ptr<T>();
+  const T* gout_data = grad_output.defined() ? grad_output.const_data_ptr<T>() : nullptr;
+  const T* h0_data = h0.const_data_ptr<T>();
+  const T* c0_data = lstm ? c0.const_data_ptr<T>() : nullptr;
+  T* dh_data = dh.mutable_data_ptr<T>();
+  T* dc_data = lstm ? dc.mutable_data_ptr<T>() : nullptr;
+  T* dg_data = dgates.mutable_data_ptr<T>();
+  T* dm_data = projected ? dm.mutable_data_ptr<T>() : nullptr;
+  T* m_data = projected ? m.mutable_data_ptr<T>() : nullptr;
+
+  for (int64_t s = steps.count - 1; s >= 0; --s) {
+    const int64_t t = reverse ? steps.count - 1 - s : s;
+    const int64_t rows = steps.sizes[t], offset = steps.offsets[t];
+    if (gout_data != nullptr) {
+      const T* g = gout_data + offset * H_out;
+      for (int64_t k = 0; k < rows * H_out; ++k) dh_data[k] += g[k];
+    }
+    Tensor dh_rows = dh.narrow(0, 0, rows);
+    if (projected) {
+      matmul<T>(dh_rows, w.w_hr, w_hr_rows, dm.narrow(0, 0, rows), false);
+    }
+
+    for_rows(rows, GH, [&](int64_t begin, int64_t end) {
+      for (int64_t b = begin; b < end; ++b) {
+        const int64_t row = offset + b;
+        const int64_t before = steps.previous_row(t, b, reverse);
+        T* dg_row = dg_data + row * dg_width;
+        if (lstm) {
+          const T* c_prev = before >= 0 ? act_data + before * saved + 4 * H : c0_data + b * H;
+          const T* dh_row = projected ? dm_data + b * H : dh_data + b * H_out;
+          T* m_row = projected ? m_data + b * H : nullptr;
+          lstm_backward_row<T>(H, act_data + row * saved, c_prev, dh_row,
+                               dc_data + b * H, dg_row, m_row);
+        } else if (gru) {
+          const T* h_prev = before >= 0 ? out_data + before * H : h0_data + b * H;
+          gru_backward_row<T>(H, act_data + row * saved, h_prev, dh_data + b * H, dg_row);
+        } else {
+          rnn_backward_row<T>(mode, H, out_data + row * H, dh_data + b * H, dg_row);
+        }
+      }
+    });
+
+    if (projected) {
+      grad_w_hr.addmm_(dh_rows.t(), m.narrow(0, 0, rows));
+    }
+    const Tensor dg_rows = dgates.narrow(0, offset, rows);
+    if (gru) {
+      matmul<T>(dg_rows.narrow(1, 0, 2 * H), w_hh_rz, w_hh_rz, dh_rows, true);
+      matmul<T>(dg_rows.narrow(1, 3 * H, H), w_hh_n, w_hh_n, dh_rows, true);
+    } else {
+      matmul<T>(dg_rows, w_hh_rows, w_hh_rows, dh_rows, false);
+    }
+  }
+
+  // The state each packed row started from, for the gradient of W_hh.
+  Tensor h_prev = at::empty({N, H_out}, x.options());
+  {
+    T* dst = h_prev.mutable_data_ptr<T>();
+    for (int64_t t = 0; t < steps.count; ++t) {
+      for (int64_t b = 0; b < steps.sizes[t]; ++b) {
+        const int64_t before = steps.previous_row(t, b, reverse);
+        const T* src = before >= 0 ? out_data + before * H_out : h0_data + b * H_out;
+        std::memcpy(dst + (steps.offsets[t] + b) * H_out, src, H_out * sizeof(T));
+      }
+    }
+  }
+
+  const Tensor dg_input = gru ? dgates.narrow(1, 0, GH) : dgates;
+  Tensor grad_x = input_grad ? at::mm(dg_input, w.w_ih) : at::empty({0}, x.options());
+  Tensor grad_w_ih = at::mm(dg_input.t(), x);
+  Tensor grad_w_hh = at::empty_like(w.w_hh);
+  Tensor grad_b_ih = at::empty({0}, x.options());
+  Tensor grad_b_hh = at::empty({0}, x.options());
+  if (gru) {
+    Tensor rz_rows = grad_w_hh.narrow(0, 0, 2 * H);
+    Tensor n_rows = grad_w_hh.narrow(0, 2 * H, H);
+    at::mm_out(rz_rows, dgates.narrow(1, 0, 2 * H).t(), h_prev);
+    at::mm_out(n_rows, dgates.narrow(1, 3 * H, H).t(), h_prev);
+  } else {
+    at::mm_out(grad_w_hh, dgates.t(), h_prev);
+  }
+  if (w.b_ih.defined() || w.b_hh.defined()) {
+    const Tensor sums = at::sum(dgates, 0);
+    if (w.b_ih.defined()) grad_b_ih = gru ? sums.narrow(0, 0, GH).clone() : sums;
+    if (w.b_hh.defined()) {
+      if (gru) {
+        grad_b_hh = at::empty({GH}, x.options());
+        grad_b_hh.narrow(0, 0, 2 * H).copy_(sums.narrow(0, 0, 2 * H));
+        grad_b_hh.narrow(0, 2 * H, H).copy_(sums.narrow(0, 3 * H, H));
+      } else {
+        grad_b_hh = w.b_ih.defined() ? sums.clone() : sums;
+      }
+    }
+  }
+  return {grad_x, dh, lstm ? dc : at::empty({0}, x.options()), grad_w_ih, grad_w_hh,
+          grad_b_ih, grad_b_hh, grad_w_hr};
+}
+
+Tensor defined_or_empty(const std::optional<Tensor>& tensor) {
+  return tensor.has_value() && tensor->defined() ? tensor->contiguous() : Tensor();
+}
+
+Weights collect_weights(const Tensor& w_ih, const Tensor& w_hh,
+                        const std::optional<Tensor>& b_ih,
+                        const std::optional<Tensor>& b_hh,
+                        const std::optional<Tensor>& w_hr) {
+  return {w_ih.contiguous(), w_hh.contiguous(), defined_or_empty(b_ih),
+          defined_or_empty(b_hh), defined_or_empty(w_hr)};
+}
+
+void check_inputs(Mode mode, const Tensor& x, const Tensor& h0, const Tensor& c0,
+                  const Weights& w) {
+  TORCH_CHECK(x.dim() == 2, "expected input of shape (N, I), got ", x.sizes());
+  TORCH_CHECK(h0.dim() == 2, "expected h0 of shape (B, H_out), got ", h0.sizes());
+  TORCH_CHECK(x.device().is_cpu(), "the fused kernels run on CPU tensors only");
+  const int64_t G = gate_count(mode);
+  TORCH_CHECK(w.w_hh.dim() == 2 && w.w_hh.size(0) % G == 0,
+              "expected w_hh of shape (G*H, H_out) with G=", G, ", got ", w.w_hh.sizes());
+  const int64_t H = w.w_hh.size(0) / G;
+  TORCH_CHECK(w.w_ih.dim() == 2 && w.w_ih.size(0) == G * H && w.w_ih.size(1) == x.size(1),
+              "expected w_ih of shape (", G * H, ", ", x.size(1), "), got ", w.w_ih.sizes());
+  TORCH_CHECK(h0.size(1) == w.w_hh.size(1), "expected h0 with ", w.w_hh.size(1),
+              " features, got ", h0.sizes());
+  if (w.w_hr.defined()) {
+    TORCH_CHECK(mode == Mode::kLstm, "only the LSTM takes w_hr");
+    TORCH_CHECK(w.w_hr.dim() == 2 && w.w_hr.size(0) == w.w_hh.size(1) && w.w_hr.size(1) == H,
+                "expected w_hr of shape (", w.w_hh.size(1), ", ", H, "), got ",
+                w.w_hr.sizes());
+  } else {
+    TORCH_CHECK(w.w_hh.size(1) == H, "expected w_hh of shape (", G * H, ", ", H,
+                "), got ", w.w_hh.sizes());
+  }
+  if (mode == Mode::kLstm) {
+    TORCH_CHECK(c0.defined() && c0.dim() == 2 && c0.size(0) == h0.size(0) && c0.size(1) == H,
+                "expected c0 of shape (", h0.size(0), ", ", H, ") for an LSTM");
+  }
+  for (const Tensor* bias : {&w.b_ih, &w.b_hh}) {
+    TORCH_CHECK(!bias->defined() || (bias->dim() == 1 && bias->size(0) == G * H),
+                "expected biases of shape (", G * H, "), got ", bias->sizes());
+  }
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> fused_rnn_forward(
+    const Tensor& input, const Tensor& h0, const std::optional<Tensor>& c0,
+    const Tensor& w_ih, const Tensor& w_hh, const std::optional<Tensor>& b_ih,
+    const std::optional<Tensor>& b_hh, const std::optional<Tensor>& w_hr,
+    at::IntArrayRef batch_sizes, c10::string_view mode_name, bool reverse, bool train) {
+  const Mode mode = parse_mode(mode_name);
+  const Tensor x = input.contiguous();
+  const Tensor h = h0.contiguous();
+  const Tensor c = defined_or_empty(c0);
+  const Weights w = collect_weights(w_ih, w_hh, b_ih, b_hh, w_hr);
+  check_inputs(mode, x, h, c, w);
+  const Steps steps(batch_sizes, x.size(0), h.size(0));
+  std::tuple<Tensor, Tensor, Tensor, Tensor> result;
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fused_rnn_forward", [&] {
+    result = forward_impl<scalar_t>(mode, x, h, c, w, steps, reverse, train);
+  });
+  return result;
+}
+
+Gradients fused_rnn_backward(
+    const std::optional<Tensor>& grad_output, const std::optional<Tensor>& grad_h_n,
+    const std::optional<Tensor>& grad_c_n, const Tensor& input, const Tensor& h0,
+    const std::optional<Tensor>& c0, const Tensor& w_ih, const Tensor& w_hh,
+    const std::optional<Tensor>& b_ih, const std::optional<Tensor>& b_hh,
+    const std::optional<Tensor>& w_hr, const Tensor& output, const Tensor& workspace,
+    at::IntArrayRef batch_sizes, c10::string_view mode_name, bool reverse,
+    bool input_grad) {
+  const Mode mode = parse_mode(mode_name);
+  const Tensor x = input.contiguous();
+  const Tensor h = h0.contiguous();
+  const Tensor c = defined_or_empty(c0);
+  const Weights w = collect_weights(w_ih, w_hh, b_ih, b_hh, w_hr);
+  check_inputs(mode, x, h, c, w);
+  const Steps steps(batch_sizes, x.size(0), h.size(0));
+  Gradients result;
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fused_rnn_backward", [&] {
+    result = backward_impl<scalar_t>(
+        mode, defined_or_empty(grad_output), defined_or_empty(grad_h_n),
+        defined_or_empty(grad_c_n), x, h, c, w, output.contiguous(),
+        workspace.contiguous(), steps, reverse, input_grad);
+  });
+  return result;
+}
+
+}  // namespace
+
+TORCH_LIBRARY(rnnkit, m) {
+  m.def(
+      "fused_rnn_forward(Tensor input, Tensor h0, Tensor? c0, Tensor w_ih, "
+      "Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor? w_hr, int[] batch_sizes, "
+      "str mode, bool reverse, bool train) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "fused_rnn_backward(Tensor? grad_output, Tensor? grad_h_n, Tensor? grad_c_n, "
+      "Tensor input, Tensor h0, Tensor? c0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, "
+      "Tensor? b_hh, Tensor? w_hr, Tensor output, Tensor workspace, "
+      "int[] batch_sizes, str mode, bool reverse, bool input_grad) -> "
+      "(Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(rnnkit, CPU, m) {
+  m.impl("fused_rnn_forward", &fused_rnn_forward);
+  m.impl("fused_rnn_backward", &fused_rnn_backward);
+}

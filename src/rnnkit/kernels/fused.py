@@ -1,0 +1,239 @@
+"""The fused CPU path: ``fused.cpp`` compiled on first use and registered as custom ops.
+
+``torch.ops.rnnkit.fused_rnn_forward`` runs one layer and direction over a
+packed sequence; ``torch.ops.rnnkit.fused_rnn_backward`` is its gradient.
+Both are defined in C++ with ``TORCH_LIBRARY``. This module adds their fake
+(meta) implementations and the autograd formula, so that ``torch.compile`` and
+``torch.export`` see one op per layer and direction.
+
+The C++ source is built with ``torch.utils.cpp_extension.load`` the first time
+it is needed and cached in torch's extension directory (``TORCH_EXTENSIONS_DIR``,
+by default ``~/.cache/torch_extensions``), so later processes only load it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+logger = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("fused.cpp")
+DTYPES = (torch.float32, torch.float64)
+
+# None until the first load attempt; then True, or the reason loading failed.
+_loaded: bool | str | None = None
+
+
+def _build_flags() -> tuple[str, list[str]]:
+    """Return the extension name and compiler flags for this CPU.
+
+    The name carries the instruction set, so that a cache directory shared by
+    machines of different CPUs never loads a build the CPU cannot run.
+    """
+    capability = torch.backends.cpu.get_cpu_capability()
+    flags = ["-O3", "-DNDEBUG"]
+    if capability in ("AVX2", "AVX512"):
+        flags += ["-mavx2", "-mfma"]
+        return "rnnkit_fused_avx2", flags
+    return "rnnkit_fused_default", flags
+
+
+def load() -> None:
+    """Compile (on first use) and load the fused kernels, or raise RuntimeError.
+
+    The outcome is remembered, so a failed build is tried once per process.
+    """
+    global _loaded
+    if _loaded is True:
+        return
+    if _loaded is None:
+        _loaded = _try_load()
+    if _loaded is not True:
+        raise RuntimeError(f"the fused kernels could not be built or loaded: {_loaded}")
+
+
+def is_available() -> bool:
+    """Return whether the fused kernels are loaded, loading them if not yet tried."""
+    try:
+        load()
+    except RuntimeError:
+        return False
+    return True
+
+
+def load_error() -> str | None:
+    """Return why the fused kernels failed to load, or None if they did not fail."""
+    return _loaded if isinstance(_loaded, str) else None
+
+
+def _try_load() -> bool | str:
+    from torch.utils import cpp_extension
+
+    name, flags = _build_flags()
+    build_directory = Path(cpp_extension._get_build_directory(name, verbose=False))
+    cached = any(build_directory.glob(f"{name}*.so"))
+    if not cached:
+        logger.info(
+            "compiling the fused kernels (first use, about a minute); cached in %s",
+            build_directory,
+        )
+    started = time.perf_counter()
+    try:
+        cpp_extension.load(
+            name=name,
+            sources=[str(SOURCE)],
+            extra_cflags=flags,
+            is_python_module=False,
+            verbose=False,
+        )
+    except (OSError, RuntimeError, ImportError, SystemExit) as error:
+        # cpp_extension reports a failed compiler run as RuntimeError and a
+        # missing compiler or ninja as OSError or RuntimeError.
+        return f"{type(error).__name__}: {error}".strip()
+    if not cached:
+        logger.info(
+            "compiled the fused kernels in %.1f s", time.perf_counter() - started
+        )
+    _register_python_parts()
+    return True
+
+
+# Fake implementations, for tracing with fake tensors (torch.compile, export).
+
+
+def _saved_width(mode: str, hidden: int) -> int:
+    return {"LSTM": 5, "GRU": 4}.get(mode, 0) * hidden
+
+
+def _fake_forward(
+    input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, mode, reverse, train
+):
+    hidden = w_hh.shape[0] // {"LSTM": 4, "GRU": 3}.get(mode, 1)
+    rows = input.shape[0]
+    output = input.new_empty(rows, w_hh.shape[1])
+    h_n = h0.new_empty(h0.shape)
+    c_n = c0.new_empty(c0.shape) if mode == "LSTM" else input.new_empty(0)
+    width = _saved_width(mode, hidden)
+    workspace = input.new_empty(rows if train else 0, width if train else 0)
+    return output, h_n, c_n, workspace
+
+
+def _fake_backward(
+    grad_output, grad_h_n, grad_c_n, input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
+    output, workspace, batch_sizes, mode, reverse, input_grad,
+):  # fmt: skip
+    empty = input.new_empty(0)
+    return (
+        input.new_empty(input.shape) if input_grad else empty,
+        h0.new_empty(h0.shape),
+        c0.new_empty(c0.shape) if mode == "LSTM" else empty,
+        w_ih.new_empty(w_ih.shape),
+        w_hh.new_empty(w_hh.shape),
+        b_ih.new_empty(b_ih.shape) if b_ih is not None else empty,
+        b_hh.new_empty(b_hh.shape) if b_hh is not None else empty,
+        w_hr.new_empty(w_hr.shape) if w_hr is not None else empty,
+    )
+
+
+# The autograd formula of the forward op.
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, mode, reverse, _ = inputs
+    output_rows, _, _, workspace = output
+    ctx.save_for_backward(
+        input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, output_rows, workspace
+    )
+    ctx.batch_sizes = batch_sizes
+    ctx.mode = mode
+    ctx.reverse = reverse
+    ctx.present = [t is not None for t in (c0, b_ih, b_hh, w_hr)]
+    # Unused outputs (the workspace, often c_n) then get None, not zeros.
+    ctx.set_materialize_grads(False)
+    ctx.mark_non_differentiable(workspace)
+
+
+def _backward(ctx, grad_output, grad_h_n, grad_c_n, _grad_workspace):
+    input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, output, workspace = ctx.saved_tensors
+    grads = torch.ops.rnnkit.fused_rnn_backward(
+        grad_output, grad_h_n, grad_c_n, input, h0, c0, w_ih, w_hh, b_ih, b_hh,
+        w_hr, output, workspace, ctx.batch_sizes, ctx.mode, ctx.reverse,
+        ctx.needs_input_grad[0],
+    )  # fmt: skip
+    (
+        grad_input,
+        grad_h0,
+        grad_c0,
+        grad_w_ih,
+        grad_w_hh,
+        grad_b_ih,
+        grad_b_hh,
+        grad_w_hr,
+    ) = grads
+    has_c0, has_b_ih, has_b_hh, has_w_hr = ctx.present
+    return (
+        grad_input if ctx.needs_input_grad[0] else None,
+        grad_h0,
+        grad_c0 if has_c0 else None,
+        grad_w_ih,
+        grad_w_hh,
+        grad_b_ih if has_b_ih else None,
+        grad_b_hh if has_b_hh else None,
+        grad_w_hr if has_w_hr else None,
+        None,
+        None,
+        None,
+        None,
+    )
+
+
+def _no_double_backward(ctx, *grads):
+    raise RuntimeError(
+        "double backward (a gradient of a gradient, such as a gradient penalty) is "
+        "not supported by rnnkit's fused kernels; select the reference backend with "
+        "rnnkit.set_backend('reference') or RNNKIT_BACKEND=reference"
+    )
+
+
+def _register_python_parts() -> None:
+    torch.library.register_fake("rnnkit::fused_rnn_forward", _fake_forward)
+    torch.library.register_fake("rnnkit::fused_rnn_backward", _fake_backward)
+    torch.library.register_autograd(
+        "rnnkit::fused_rnn_forward", _backward, setup_context=_setup_context
+    )
+    torch.library.register_autograd(
+        "rnnkit::fused_rnn_backward", _no_double_backward, setup_context=lambda *_: None
+    )
+
+
+def run_direction(
+    mode: str,
+    data: Tensor,
+    batch_sizes: list[int],
+    state: tuple[Tensor, ...],
+    weights: tuple[Tensor | None, ...],
+    reverse: bool,
+) -> tuple[Tensor, tuple[Tensor, ...]]:
+    """Run one layer in one direction with the fused op.
+
+    Arguments and results are those of ``reference.run_direction``.
+    """
+    load()
+    w_ih, w_hh, b_ih, b_hh, w_hr = weights
+    h0 = state[0]
+    c0 = state[1] if mode == "LSTM" else None
+    tensors = (data, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
+    train = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in tensors
+    )
+    output, h_n, c_n, _ = torch.ops.rnnkit.fused_rnn_forward(
+        data, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, mode, reverse, train
+    )
+    if mode == "LSTM":
+        return output, (h_n, c_n)
+    return output, (h_n,)
