@@ -16,9 +16,7 @@ only tensors, dicts, lists, strings, numbers, booleans and None. It holds
 from __future__ import annotations
 
 import os
-import pickle
 import tempfile
-import zipfile
 from pathlib import Path
 
 import torch
@@ -78,7 +76,10 @@ def load_checkpoint(path: str | Path) -> tuple[Forecaster, dict]:
         raise ValueError(f"checkpoint not found: {path}")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile):
+    except Exception:
+        # The weights-only unpickler raises whatever the bytes lead it to
+        # (UnpicklingError, RuntimeError, KeyError, EOFError, ...) on a file
+        # that torch.save did not write, so every failure here means the same.
         raise ValueError(
             f"{path} is not an rnnkit checkpoint: torch.load could not read it"
         ) from None

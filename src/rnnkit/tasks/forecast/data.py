@@ -8,6 +8,7 @@ Line numbers count the header as line 1, as a text editor does.
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -148,7 +149,7 @@ def _choose_date_column(
         return None
     # Treat the first column as dates when most of it parses as dates, so that
     # a few malformed dates are reported instead of the column being ignored.
-    parsed = pd.to_datetime(text, errors="coerce")
+    parsed = _to_datetime(text)
     return first if parsed.notna().mean() >= 0.5 else None
 
 
@@ -213,7 +214,7 @@ def _parse_dates(text: pd.Series) -> pd.DatetimeIndex:
             f"date column {name!r} has {int(missing.sum())} missing dates "
             f"(lines {_lines(missing)})"
         )
-    dates = pd.to_datetime(text, errors="coerce")
+    dates = _to_datetime(text)
     invalid = dates.isna()
     if invalid.any():
         examples = ", ".join(
@@ -243,6 +244,15 @@ def _parse_dates(text: pd.Series) -> pd.DatetimeIndex:
             f"{_line(row - 1)}; sort the rows by date"
         )
     return pd.DatetimeIndex(dates)
+
+
+def _to_datetime(text: pd.Series) -> pd.Series:
+    # pandas warns when it cannot infer one format for the whole column and
+    # parses each value on its own; values that still fail become NaT and
+    # are reported by the caller, so the warning adds nothing.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return pd.to_datetime(text, errors="coerce")
 
 
 def _handle_missing(

@@ -1,0 +1,159 @@
+"""Reading and checking series: load_series on good and bad CSV files."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rnnkit.tasks.forecast.data import infer_frequency, load_series
+
+DATA = Path(__file__).parents[2] / "shared" / "data"
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "series.csv"
+    path.write_text(text)
+    return path
+
+
+def test_builtin_series_loads_without_network():
+    series = load_series()
+
+    assert series.columns == ["sunactivity"]
+    assert len(series) == 309
+    assert series.frequency == "yearly"
+    assert series.season == 1
+    assert series.dates[0].year == 1700
+    assert np.isfinite(series.values).all()
+
+
+@pytest.mark.parametrize(
+    ("name", "frequency", "season", "rows"),
+    [
+        ("airline-passengers.csv", "monthly", 12, 144),
+        ("monthly-sunspots.csv", "monthly", 12, 2820),
+        ("daily-min-temperatures.csv", "daily", 7, 3650),
+    ],
+)
+def test_shared_files_infer_season(name, frequency, season, rows):
+    series = load_series(DATA / name)
+
+    assert series.frequency == frequency
+    assert series.season == season
+    assert len(series) == rows
+
+
+def test_season_option_overrides_inferred(tmp_path):
+    series = load_series(DATA / "daily-min-temperatures.csv", season=365)
+
+    assert series.season == 365
+
+
+def test_frequency_of_weekly_and_quarterly_dates():
+    import pandas as pd
+
+    weekly = pd.date_range("2000-01-02", periods=10, freq="W")
+    quarterly = pd.date_range("2000-01-01", periods=10, freq="QS")
+
+    assert infer_frequency(weekly) == "weekly"
+    assert infer_frequency(quarterly) == "quarterly"
+
+
+def test_file_without_dates_gets_season_one(tmp_path):
+    path = write(tmp_path, "value\n1\n2\n3\n4\n")
+
+    series = load_series(path)
+
+    assert series.dates is None
+    assert series.season == 1
+    assert series.values[:, 0].tolist() == [1, 2, 3, 4]
+
+
+def test_several_columns_put_target_first(tmp_path):
+    path = write(tmp_path, "date,a,b\n2000-01-01,1,10\n2000-01-02,2,20\n")
+
+    series = load_series(path, columns=["b", "a"])
+
+    assert series.columns == ["b", "a"]
+    assert series.values.tolist() == [[10, 1], [20, 2]]
+
+
+def test_missing_file_raises(tmp_path):
+    with pytest.raises(ValueError, match="data file not found"):
+        load_series(tmp_path / "absent.csv")
+
+
+def test_unknown_column_lists_columns(tmp_path):
+    path = write(tmp_path, "date,a\n2000-01-01,1\n")
+
+    with pytest.raises(ValueError, match="column 'b' not found.*'date', 'a'"):
+        load_series(path, columns=["b"])
+
+
+def test_several_value_columns_need_column_option(tmp_path):
+    path = write(tmp_path, "date,a,b\n2000-01-01,1,2\n")
+
+    with pytest.raises(ValueError, match="choose one or more with --column"):
+        load_series(path)
+
+
+def test_non_numeric_value_names_line(tmp_path):
+    path = write(tmp_path, "date,a\n2000-01-01,1\n2000-01-02,abc\n")
+
+    with pytest.raises(ValueError, match="'abc' on line 3"):
+        load_series(path)
+
+
+def test_infinite_value_is_rejected(tmp_path):
+    path = write(tmp_path, "date,a\n2000-01-01,1\n2000-01-02,inf\n")
+
+    with pytest.raises(ValueError, match="non-numeric"):
+        load_series(path)
+
+
+def test_missing_values_name_lines_and_fix(tmp_path):
+    path = write(tmp_path, "date,a\n2000-01-01,1\n2000-01-02,\n2000-01-03,3\n")
+
+    with pytest.raises(ValueError, match=r"missing values \(lines 3\).*--fill"):
+        load_series(path)
+
+
+def test_fill_ffill_and_interpolate(tmp_path):
+    text = "date,a\n2000-01-01,\n2000-01-02,1\n2000-01-03,\n2000-01-04,3\n"
+    path = write(tmp_path, text)
+
+    carried = load_series(path, fill="ffill")
+    interpolated = load_series(path, fill="interpolate")
+
+    # The leading missing row has nothing to fill from and is dropped.
+    assert carried.values[:, 0].tolist() == [1, 1, 3]
+    assert interpolated.values[:, 0].tolist() == [1, 2, 3]
+    assert str(carried.dates[0].date()) == "2000-01-02"
+
+
+def test_unparseable_date_names_line(tmp_path):
+    path = write(tmp_path, "date,a\n2000-01-01,1\nnot a date,2\n2000-01-03,3\n")
+
+    with pytest.raises(ValueError, match="'not a date' on line 3"):
+        load_series(path)
+
+
+def test_duplicated_date_names_lines(tmp_path):
+    path = write(tmp_path, "date,a\n2000-01-01,1\n2000-01-02,2\n2000-01-02,3\n")
+
+    with pytest.raises(ValueError, match="duplicated dates.*lines 3, 4"):
+        load_series(path)
+
+
+def test_unsorted_dates_name_line(tmp_path):
+    path = write(tmp_path, "date,a\n2000-01-02,1\n2000-01-01,2\n2000-01-03,3\n")
+
+    with pytest.raises(ValueError, match="not sorted.*line 3"):
+        load_series(path)
+
+
+def test_empty_file_raises(tmp_path):
+    path = write(tmp_path, "")
+
+    with pytest.raises(ValueError, match="is empty"):
+        load_series(path)
