@@ -15,6 +15,7 @@ import sys
 
 COMMAND_MODULES = [
     "rnnkit.cli.forecast",
+    "rnnkit.cli.demo",
     "rnnkit.cli.explain",
 ]
 
