@@ -20,7 +20,7 @@ LAYER_TYPES = {"RNN": rnnkit.RNN, "LSTM": rnnkit.LSTM, "GRU": rnnkit.GRU}
 
 
 def build_layer(kind: str, seed: int = 0) -> nn.Module:
-    """Return a fresh layer of ``kind`` (RNN, LSTM or GRU) with weights drawn from ``seed``."""
+    """Return a new RNN, LSTM or GRU (``kind``) with weights drawn from ``seed``."""
     torch.manual_seed(seed)
     return LAYER_TYPES[kind](input_size=1, hidden_size=2, batch_first=True)
 
