@@ -40,7 +40,7 @@ def run_direction(
     The keyword arguments replace parts of the plain cell, for the features
     beyond ``torch.nn``. ``project(data)`` replaces ``W_ih x + b_ih``.
     ``step(x_t, state)`` replaces the cell step of ``mode`` and receives only
-    the rows active at step t. ``zoneout`` holds one mask (N, *) per state
+    the rows active at step t. ``zoneout`` contains one mask (N, *) per state
     tensor, or None for a state without zoneout, in the layout of ``data``:
     where a mask is 1, the unit keeps its previous value at that step.
     """
