@@ -1,0 +1,140 @@
+"""Bad input to ``rnnkit compare``, ``train`` and ``forecast``.
+
+Each case must end with one line on stderr, exit code 2, no traceback, and
+no output directory.
+"""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from rnnkit.cli import main
+
+GOOD_ROWS = [
+    f"{2000 + i // 12}-{i % 12 + 1:02d}-01,{100 + i % 12 + i}" for i in range(60)
+]
+
+
+def csv_text(rows, header="date,value"):
+    return "\n".join([header, *rows]) + "\n"
+
+
+def replace_row(index, row):
+    rows = list(GOOD_ROWS)
+    rows[index] = row
+    return csv_text(rows)
+
+
+CASES = {
+    "missing file": (None, [], "data file not found"),
+    "unknown column": (csv_text(GOOD_ROWS), ["--column", "price"],
+                       "column 'price' not found"),
+    "non-numeric value": (replace_row(5, "2000-06-01,twelve"), [],
+                          "'twelve' on line 7"),
+    "missing value": (replace_row(5, "2000-06-01,"), [],
+                      "missing values (lines 7)"),
+    "unparseable date": (replace_row(5, "June 2000?,105"), [],
+                         "not dates ('June 2000?' on line 7)"),
+    "duplicated date": (replace_row(5, "2000-05-01,105"), [],
+                        "duplicated dates: 2000-05-01 appears on lines 6, 7"),
+    "unsorted dates": (replace_row(5, "1999-06-01,105"), [], "is not sorted"),
+    "too short": (csv_text(GOOD_ROWS[:20]), [], "series too short: 20 rows"),
+    "constant series": (csv_text([f"{r.split(',')[0]},5" for r in GOOD_ROWS]), [],
+                        "is constant"),
+    "horizon zero": (csv_text(GOOD_ROWS), ["--horizon", "0"], "invalid horizon 0"),
+    "horizon negative": (csv_text(GOOD_ROWS), ["--horizon", "-3"],
+                         "invalid horizon -3"),
+    "unknown model": (csv_text(GOOD_ROWS), ["--models", "rnn,transformer"],
+                      "unknown model 'transformer'"),
+    "empty file": ("", [], "is empty"),
+}  # fmt: skip
+
+
+def assert_clean_failure(code, err, expected):
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("rnnkit: error: ")
+    assert expected in lines[0]
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("command", ["compare", "train"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input_fails_cleanly(tmp_path, capsys, command, case):
+    text, extra, expected = CASES[case]
+    path = tmp_path / "series.csv"
+    if text is not None:
+        path.write_text(text)
+    out = tmp_path / "out"
+    args = [command, "--data", str(path), "--out", str(out), "--context", "6",
+            "--horizon", "6", "--epochs", "1", "--quiet", *extra]  # fmt: skip
+    if command == "train":
+        args = [arg for arg in args if not arg.startswith("rnn,")]
+        if "--models" in extra:
+            pytest.skip("train takes --model, checked by argparse")
+
+    code = main(args)
+
+    assert_clean_failure(code, capsys.readouterr().err, expected)
+    assert not out.exists()
+
+
+def test_missing_values_can_be_filled(tmp_path, capsys):
+    path = tmp_path / "series.csv"
+    path.write_text(replace_row(5, "2000-06-01,"))
+
+    code = main(["compare", "--data", str(path), "--out", str(tmp_path / "out"),
+                 "--fill", "ffill", "--context", "6", "--horizon", "6", "--epochs", "1",
+                 "--models", "rnn", "--quiet"])  # fmt: skip
+
+    assert code == 0
+
+
+def test_output_path_that_is_a_file(tmp_path, capsys):
+    path = tmp_path / "series.csv"
+    path.write_text(csv_text(GOOD_ROWS))
+    out = tmp_path / "taken"
+    out.write_text("keep me")
+
+    code = main(["compare", "--data", str(path), "--out", str(out), "--context", "6",
+                 "--horizon", "6", "--quiet"])  # fmt: skip
+
+    assert_clean_failure(code, capsys.readouterr().err, "is not a directory")
+    assert out.read_text() == "keep me"
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (None, "checkpoint not found"),
+        (b"plain text", "is not an rnnkit checkpoint"),
+        ("torch dict", "not an rnnkit forecaster checkpoint"),
+    ],
+)
+def test_forecast_bad_checkpoint(tmp_path, capsys, content, expected):
+    path = tmp_path / "model.pt"
+    if content == "torch dict":
+        torch.save({"weight": torch.zeros(1)}, path)
+    elif content is not None:
+        path.write_bytes(content)
+    out = tmp_path / "out"
+
+    code = main(["forecast", "--checkpoint", str(path), "--out", str(out)])
+
+    assert_clean_failure(code, capsys.readouterr().err, expected)
+    assert not out.exists()
+
+
+def test_error_through_python_m_has_no_traceback(tmp_path):
+    missing = str(tmp_path / "absent.csv")
+    command = [sys.executable, "-m", "rnnkit", "compare", "--data", missing,
+               "--out", str(tmp_path / "out")]  # fmt: skip
+
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=120)
+
+    assert_clean_failure(completed.returncode, completed.stderr, "data file not found")
+    assert not Path(tmp_path / "out").exists()
