@@ -14,7 +14,11 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import rnnkit
+from rnnkit.kernels.backend import use_backend
 from rnnkit.trace import GRUSteps, LSTMSteps, RNNSteps, Trace
+
+# "auto" picks the fused kernels for float32 CPU input where they are built.
+BACKENDS = ["reference", "fused", "auto"]
 
 MODES = {
     "rnn_tanh": (nn.RNN, {"nonlinearity": "tanh"}),
@@ -162,15 +166,17 @@ def random_state(layer, batch, dtype=torch.float64):
 # Gate values against torch.nn weights.
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("mode", list(MODES))
-def test_gates_match_torch_weights(mode):
+def test_gates_match_torch_weights(backend, mode):
     torch.manual_seed(1)
     reference, layer = make_pair(mode, num_layers=2, bidirectional=True)
     x = torch.randn(5, 3, 3, dtype=torch.float64)
     h0, c0 = random_state(layer, 3)
     hx = (h0, c0) if layer.mode == "LSTM" else h0
 
-    traced = rnnkit.trace(layer, x, hx)
+    with use_backend(backend):
+        traced = rnnkit.trace(layer, x, hx)
 
     assert_matches_expected(traced, expected_steps(reference, x, h0, c0))
     reference_output, _ = reference(x, hx)
@@ -264,11 +270,10 @@ def input_forms(layer, steps=5, batch=3):
     yield "hx", (x, hx), {}, same
 
 
-@pytest.mark.parametrize("backend", ["reference"])
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("mode", list(MODES))
 @pytest.mark.parametrize("batch_first", [False, True])
-def test_traced_h_equals_layer_output(monkeypatch, backend, mode, batch_first):
-    monkeypatch.setenv("RNNKIT_BACKEND", backend)
+def test_traced_h_equals_layer_output(backend, mode, batch_first):
     torch.manual_seed(5)
     _, layer = make_pair(
         mode,
@@ -279,24 +284,25 @@ def test_traced_h_equals_layer_output(monkeypatch, backend, mode, batch_first):
     )
     out_size = layer.proj_size or layer.hidden_size
     for name, args, kwargs, time_major in input_forms(layer):
-        output, _ = layer(*args, **kwargs)
+        with use_backend(backend):
+            output, _ = layer(*args, **kwargs)
+            traced = rnnkit.trace(layer, *args, **kwargs)
         output = time_major(output)
-        traced = rnnkit.trace(layer, *args, **kwargs)
         assert torch.equal(traced[1][0].h, output[..., :out_size]), name
         assert torch.equal(traced[1][1].h, output[..., out_size:]), name
 
 
-@pytest.mark.parametrize("backend", ["reference"])
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("mode", ["lstm", "gru", "rnn_relu"])
-def test_inner_layer_h_equals_shallower_layer(monkeypatch, backend, mode):
+def test_inner_layer_h_equals_shallower_layer(backend, mode):
     # Layer k of a deep layer runs what a (k + 1)-layer layer with the same
     # first weights runs, so its traced h must equal that layer's output.
-    monkeypatch.setenv("RNNKIT_BACKEND", backend)
     torch.manual_seed(6)
     _, deep = make_pair(mode, dtype=torch.float32, num_layers=3, bidirectional=True)
     x = torch.randn(6, 2, 3)
     lengths = [6, 3]
-    traced = rnnkit.trace(deep, x, lengths=lengths)
+    with use_backend(backend):
+        traced = rnnkit.trace(deep, x, lengths=lengths)
     out_size = deep.proj_size or deep.hidden_size
 
     for layers in (1, 2):
@@ -307,7 +313,8 @@ def test_inner_layer_h_equals_shallower_layer(monkeypatch, backend, mode):
         shallow.load_state_dict(
             {name: deep.state_dict()[name] for name in shallow.state_dict()}
         )
-        output, _ = shallow(x, lengths=lengths)
+        with use_backend(backend):
+            output, _ = shallow(x, lengths=lengths)
         inner = traced[layers - 1]
         assert torch.equal(inner[0].h, output[..., :out_size]), layers
         assert torch.equal(inner[1].h, output[..., out_size:]), layers

@@ -277,6 +277,8 @@ def _trace_direction(
             fields.setdefault(name, [None] * len(batch_sizes))[t] = value
 
         h_state = torch.cat((output[rows], h_state[size:]))
+        # NOTE: the kernels return no per-step c, so c is the recomputed one.
+        # It can differ from a fused kernel's internal c by float rounding.
         if c_state is not None:
             c_state = torch.cat((step["c"], c_state[size:]))
 
