@@ -4,7 +4,8 @@
 trained, so that bad input fails fast. ``run_compare`` then trains one model
 per cell kind, forecasts the test part from a sequence of origins that tile
 it, and scores models and baselines on the same rows with the same metrics.
-It returns results and writes no files.
+It returns results and writes no files, apart from the resume checkpoint of a
+``RunCheckpoint`` when one is given.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from rnnkit.distributed import is_main_process
+from rnnkit.resume import RunCheckpoint
 from rnnkit.tasks.forecast import baselines
 from rnnkit.tasks.forecast.checkpoint import checkpoint_payload
 from rnnkit.tasks.forecast.data import Series, load_series
@@ -28,7 +31,12 @@ from rnnkit.tasks.forecast.model import (
     ModelConfig,
     count_parameters,
 )
-from rnnkit.tasks.forecast.training import ProgressCallback, TrainConfig, fit
+from rnnkit.tasks.forecast.training import (
+    ProgressCallback,
+    TrainConfig,
+    TrainResult,
+    fit,
+)
 from rnnkit.tasks.forecast.windows import (
     STRATEGIES,
     Scaler,
@@ -185,8 +193,15 @@ def run_compare(
     settings: CompareSettings,
     progress: ProgressCallback | None = None,
     prepared: PreparedData | None = None,
+    run_state: RunCheckpoint | None = None,
 ) -> CompareResult:
-    """Train every requested model, run the baselines and score them all."""
+    """Train every requested model, run the baselines and score them all.
+
+    With ``run_state``, each model's training state is saved after every
+    epoch, and models that ``run_state`` holds as finished or in progress are
+    restored or continued instead of trained from the start. The baselines
+    run on rank 0 alone, because only rank 0 reports results.
+    """
     if prepared is None:
         prepared = prepare(settings)
     series, split = prepared.series, prepared.split
@@ -202,7 +217,7 @@ def run_compare(
 
     results, checkpoints = [], {}
     for name in settings.models:
-        model, outcome = train_model(name, settings, prepared, progress)
+        model, outcome = train_model(name, settings, prepared, progress, run_state)
         forecast = forecast_test(model, prepared, origins, settings)
         results.append(
             ModelResult(
@@ -231,7 +246,7 @@ def run_compare(
             },
         )
 
-    if settings.baselines:
+    if settings.baselines and is_main_process():
         results.extend(
             run_baselines(y, split, origins, settings.horizon, series.season, truth)
         )
@@ -251,8 +266,13 @@ def train_model(
     settings: CompareSettings,
     prepared: PreparedData,
     progress: ProgressCallback | None = None,
+    run_state: RunCheckpoint | None = None,
 ):
-    """Build and train one forecaster; return it with its ``TrainResult``."""
+    """Build and train one forecaster; return it with its ``TrainResult``.
+
+    A model that ``run_state`` holds as finished is rebuilt from its saved
+    weights without training.
+    """
     split, scaled = prepared.split, prepared.scaled
     windows = {
         part: make_windows(
@@ -277,6 +297,22 @@ def train_model(
             dropout=settings.dropout,
         )
     )
+    if run_state is None:
+        outcome = fit(
+            model,
+            windows["train"],
+            windows["val"],
+            settings.train_config(),
+            progress=progress,
+            name=name,
+        )
+        return model, outcome
+
+    finished = run_state.finished_model(name)
+    if finished is not None:
+        model.load_state_dict(finished["state_dict"])
+        model.eval()
+        return model, TrainResult(**finished["outcome"])
     outcome = fit(
         model,
         windows["train"],
@@ -284,7 +320,10 @@ def train_model(
         settings.train_config(),
         progress=progress,
         name=name,
+        save_state=lambda state: run_state.save_training(name, state),
+        resume_from=run_state.training_state(name),
     )
+    run_state.save_finished(name, model.state_dict(), asdict(outcome))
     return model, outcome
 
 
