@@ -7,6 +7,7 @@ progress bar and the results table, and have the task write its files.
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import sys
 from pathlib import Path
@@ -14,6 +15,8 @@ from typing import TextIO
 
 import pandas as pd
 
+from rnnkit import distributed
+from rnnkit.resume import RunCheckpoint
 from rnnkit.tasks.forecast import (
     CompareSettings,
     EpochReport,
@@ -35,6 +38,8 @@ from rnnkit.tasks.forecast.windows import STRATEGIES
 
 DEFAULTS = CompareSettings()
 METRIC_LABELS = {"mae": "MAE", "rmse": "RMSE", "smape": "sMAPE", "mase": "MASE"}
+# Written to the output directory after every epoch, and read by --resume.
+RESUME_FILE = "resume.pt"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -55,7 +60,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     _add_model_options(compare)
     _add_output_options(compare, "runs/compare")
-    compare.set_defaults(handler=run_compare_command)
+    compare.set_defaults(
+        handler=functools.partial(distributed.run_command, run_compare_command)
+    )
 
     train = subparsers.add_parser(
         "train",
@@ -72,7 +79,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     _add_model_options(train)
     _add_output_options(train, "runs/train")
-    train.set_defaults(handler=run_train_command)
+    train.set_defaults(
+        handler=functools.partial(distributed.run_command, run_train_command)
+    )
 
     forecast = subparsers.add_parser(
         "forecast",
@@ -191,6 +200,20 @@ def _add_output_options(parser: argparse.ArgumentParser, default_out: str) -> No
     parser.add_argument(
         "--quiet", action="store_true", help="do not draw the progress bar"
     )
+    parser.add_argument(
+        "--devices",
+        type=int,
+        default=1,
+        metavar="N",
+        help="train on N local CPU processes with torch.distributed (gloo on "
+        "127.0.0.1); under torchrun, leave this out (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--resume",
+        metavar="PATH",
+        help=f"continue an interrupted run from the {RESUME_FILE} it wrote to its "
+        "output directory; give the same options as that run",
+    )
 
 
 def _model_list(text: str) -> list[str]:
@@ -224,7 +247,9 @@ def _settings(args: argparse.Namespace, models: list[str], baselines: bool):
 
 def run_compare_command(args: argparse.Namespace) -> int:
     settings = _settings(args, args.models, baselines=True)
-    result = _train(settings, Path(args.out), args.quiet)
+    result = _train(settings, Path(args.out), args.quiet, args.resume)
+    if not distributed.is_main_process():
+        return 0
     written = write_comparison(result, Path(args.out))
     print(format_table(result))
     _report_written(written, args.quiet)
@@ -233,7 +258,9 @@ def run_compare_command(args: argparse.Namespace) -> int:
 
 def run_train_command(args: argparse.Namespace) -> int:
     settings = _settings(args, [args.model], baselines=False)
-    result = _train(settings, Path(args.out), args.quiet)
+    result = _train(settings, Path(args.out), args.quiet, args.resume)
+    if not distributed.is_main_process():
+        return 0
     written = write_comparison(result, Path(args.out), plot=False)
     print(format_table(result))
     _report_written(written, args.quiet)
@@ -260,14 +287,24 @@ def run_forecast_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def _train(settings: CompareSettings, out: Path, quiet: bool) -> CompareResult:
+def _train(
+    settings: CompareSettings, out: Path, quiet: bool, resume: str | None
+) -> CompareResult:
     # Every input is checked before training, and training before any file is
-    # written, so that a bad input leaves the output directory untouched.
+    # written, so that a bad input leaves the output directory untouched. The
+    # resume checkpoint is the exception: it is written after every epoch.
     prepared = prepare(settings)
     check_output_dir(out)
-    bar = None if quiet else ProgressBar(sys.stderr)
+    if resume is None:
+        run_state = RunCheckpoint(out / RESUME_FILE, settings.to_dict())
+    else:
+        run_state = RunCheckpoint.resume(resume, out / RESUME_FILE, settings.to_dict())
+    show_progress = not quiet and distributed.is_main_process()
+    bar = ProgressBar(sys.stderr) if show_progress else None
     try:
-        return run_compare(settings, progress=bar, prepared=prepared)
+        return run_compare(
+            settings, progress=bar, prepared=prepared, run_state=run_state
+        )
     finally:
         if bar is not None:
             bar.finish()
