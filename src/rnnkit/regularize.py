@@ -13,8 +13,7 @@ p = 0, the layer computes exactly what the plain layer computes.
 - Zoneout (Krueger et al., 2017, "Zoneout: Regularizing RNNs by Randomly
   Preserving Hidden Activations"): at each step each unit of h, and of c for
   the LSTM, keeps its previous value with probability p, with one mask per
-  step and state. Unlike the paper, which uses the expectation
-  p h_{t-1} + (1 - p) h_t at test time, eval mode runs the plain layer.
+  step and state. Eval mode runs the plain layer, without zoneout.
 - DropConnect on the recurrent weights (Merity et al., 2018, "Regularizing and
   Optimizing LSTM Language Models", weight drop): W_hh is multiplied by one
   mask m / (1 - p) per forward call, with m of W_hh's shape.
