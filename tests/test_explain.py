@@ -367,6 +367,11 @@ def test_cli_checkpoint_plot(airline_checkpoint, tmp_path):
     assert width > 0
     assert height > width
 
+    layer_path = tmp_path / "layer0.png"
+    code, _, err = run_cli(argv[:-1] + [str(layer_path), "--layer", "0"])
+    assert code == 0, err
+    assert png_size(layer_path) == (width, height)
+
 
 # Invalid input.
 
@@ -423,6 +428,7 @@ def test_cli_rejects_non_checkpoint_files(tmp_path):
         (["--units", "0"], "invalid --units 0"),
         (["--digits", "13"], "invalid --digits 13: expected 0 to 12"),
         (["--start", "3"], "--start applies to --checkpoint"),
+        (["--layer", "0"], "--layer applies to --plot"),
         (["--plot", "gates.jpg"], "expected a file name ending in .png"),
         (["--plot", "no/such/dir/gates.png"], "directory 'no/such/dir' not found"),
         (["--plot", "PLACEHOLDER", "--layer", "2"], "expected a layer in [0, 1)"),
@@ -431,6 +437,17 @@ def test_cli_rejects_non_checkpoint_files(tmp_path):
 def test_cli_rejects_invalid_model_options(tmp_path, options, message):
     options = [str(tmp_path / "p.png") if o == "PLACEHOLDER" else o for o in options]
     assert_cli_error(["explain", "--model", "rnn", *options], message)
+
+
+def test_cli_rejects_checkpoint_with_moved_data(airline_checkpoint, tmp_path):
+    payload = torch.load(airline_checkpoint, weights_only=True)
+    payload["data"]["source"] = str(tmp_path / "moved.csv")
+    moved = tmp_path / "moved.pt"
+    torch.save(payload, moved)
+    assert_cli_error(
+        ["explain", "--checkpoint", str(moved)],
+        "cannot read the series the checkpoint was trained on: data file not found",
+    )
 
 
 @pytest.mark.parametrize(

@@ -91,7 +91,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     output.add_argument(
         "--layer",
         type=int,
-        default=-1,
         help="layer to plot, counted from 0; negative counts from the last "
         "(default: the last layer)",
     )
@@ -126,6 +125,10 @@ def run_explain_command(args: argparse.Namespace) -> int:
         raise ValueError(f"invalid --digits {args.digits}: expected 0 to 12")
     if args.plot is not None:
         _check_plot_path(args.plot)
+    elif args.layer is not None:
+        raise ValueError(
+            "--layer applies to --plot; the printed steps cover every layer"
+        )
 
     if args.checkpoint is not None:
         layer, result, header, labels = _explain_checkpoint(args)
@@ -135,8 +138,9 @@ def run_explain_command(args: argparse.Namespace) -> int:
         title = header[0]
 
     if args.plot is not None:
+        layer_index = -1 if args.layer is None else args.layer
         figure = explain.plot_trace(
-            result, layer=args.layer, title=title, step_labels=labels
+            result, layer=layer_index, title=title, step_labels=labels
         )
         path = explain.save_figure(figure, args.plot)
         print(f"wrote {path}")
