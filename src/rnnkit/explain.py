@@ -94,9 +94,7 @@ def format_steps(
                     state += f"   c = {vector(c_prev)}"
                 lines.append(state)
                 direction_steps = result[layer][direction]
-                lines.extend(
-                    _step_lines(result.mode, direction_steps, t, row, vector, c_prev)
-                )
+                lines.extend(_step_lines(result.mode, direction_steps, t, row, vector))
             lines.append("")
     return "\n".join(lines).rstrip("\n") + "\n"
 
@@ -157,7 +155,7 @@ def _format_matrix(values: Tensor, digits: int, max_units: int | None) -> str:
     return "[" + ", ".join(rows) + "]"
 
 
-def _step_lines(mode, steps, t, row, vector, c_prev) -> list[str]:
+def _step_lines(mode, steps, t, row, vector) -> list[str]:
     """Write the gate lines of one step: formula, pre-activation and value."""
     pre = steps.pre_activation[t, row]
     if mode in ("RNN_TANH", "RNN_RELU"):
