@@ -1,7 +1,7 @@
 """``rnnkit.Streaming``: chunked calls against one call over the whole sequence.
 
 The oracle is the same layer run once over the full sequence, or once over
-the rows or steps in question, from the state the definition says.
+the rows or steps in question, from the initial state that the definition gives.
 """
 
 from pathlib import Path

@@ -424,7 +424,7 @@ class MinGRU(_MinimalBase):
 
     The update gate :math:`z_t = \sigma(W_z x_t + b_z)` depends on the input
     only (see ``min_gru_step``). Per layer and direction, ``weight_ih`` is
-    (2*H, I) holding :math:`W_z` then :math:`W_h`, and ``bias_ih`` is (2*H,).
+    (2*H, I) containing :math:`W_z` then :math:`W_h`, and ``bias_ih`` is (2*H,).
     Arguments and input forms follow ``torch.nn.GRU``, without ``hx`` for a
     cell state.
 
@@ -444,7 +444,7 @@ class MinLSTM(_MinimalBase):
 
     The normalised gates :math:`f'_t, i'_t` depend on the input only (see
     ``min_lstm_step``), and there is no separate cell state. Per layer and
-    direction, ``weight_ih`` is (3*H, I) holding :math:`W_f, W_i, W_h`, and
+    direction, ``weight_ih`` is (3*H, I) containing :math:`W_f, W_i, W_h`, and
     ``bias_ih`` is (3*H,). Arguments and input forms follow ``torch.nn.GRU``;
     h_n is a single tensor.
 
