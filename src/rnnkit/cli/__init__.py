@@ -17,6 +17,7 @@ COMMAND_MODULES = [
     "rnnkit.cli.forecast",
     "rnnkit.cli.demo",
     "rnnkit.cli.explain",
+    "rnnkit.cli.bench",
 ]
 
 

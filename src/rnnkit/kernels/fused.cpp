@@ -27,6 +27,7 @@
 #include <ATen/ops/zeros_like.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -67,7 +68,7 @@ struct Math;
 
 template <>
 struct Math<float> {
-  static inline float exp(float x) {
+  static inline __attribute__((always_inline)) float exp(float x) {
     x = x < -87.0f ? -87.0f : x;
     x = x > 88.0f ? 88.0f : x;
     const float k = std::floor(x * 1.44269504088896341f + 0.5f);
@@ -85,14 +86,14 @@ struct Math<float> {
     std::memcpy(&scale, &bits, sizeof(scale));
     return y * scale;
   }
-  static inline float sigmoid(float x) { return 1.0f / (1.0f + exp(-x)); }
-  static inline float tanh(float x) { return 2.0f / (1.0f + exp(-2.0f * x)) - 1.0f; }
+  static inline __attribute__((always_inline)) float sigmoid(float x) { return 1.0f / (1.0f + exp(-x)); }
+  static inline __attribute__((always_inline)) float tanh(float x) { return 2.0f / (1.0f + exp(-2.0f * x)) - 1.0f; }
 };
 
 template <>
 struct Math<double> {
-  static inline double sigmoid(double x) { return 1.0 / (1.0 + std::exp(-x)); }
-  static inline double tanh(double x) { return std::tanh(x); }
+  static inline __attribute__((always_inline)) double sigmoid(double x) { return 1.0 / (1.0 + std::exp(-x)); }
+  static inline __attribute__((always_inline)) double tanh(double x) { return std::tanh(x); }
 };
 
 // Rows of step t are rows offsets[t] .. offsets[t] + sizes[t] of the packed
@@ -182,20 +183,23 @@ void for_rows(int64_t rows, int64_t row_elements, const Fn& fn) {
 
 // Forward gate arithmetic of one row. xg and hg hold the input and recurrent
 // pre-activations of the row; act receives the gate activations (a workspace
-// row, or hg itself when nothing is saved).
+// row, or a scratch row when nothing is saved). The rows are not inlined,
+// because GCC 12 vectorises these loops only when it compiles them alone.
 
+// The Elman RNN's input projection is computed into its output rows, which
+// saves a buffer: out holds the input pre-activation on entry.
 template <typename T>
-inline void rnn_row(Mode mode, int64_t H, const T* __restrict xg,
-                    const T* __restrict hg, T* __restrict h, T* __restrict out) {
+__attribute__((noinline)) void rnn_row(Mode mode, int64_t H, const T* __restrict hg, T* __restrict h,
+                    T* __restrict out) {
   if (mode == Mode::kTanh) {
     for (int64_t j = 0; j < H; ++j) {
-      const T value = Math<T>::tanh(xg[j] + hg[j]);
+      const T value = Math<T>::tanh(out[j] + hg[j]);
       h[j] = value;
       out[j] = value;
     }
   } else {
     for (int64_t j = 0; j < H; ++j) {
-      const T pre = xg[j] + hg[j];
+      const T pre = out[j] + hg[j];
       const T value = pre > T(0) ? pre : T(0);
       h[j] = value;
       out[j] = value;
@@ -204,8 +208,10 @@ inline void rnn_row(Mode mode, int64_t H, const T* __restrict xg,
 }
 
 template <typename T, bool kSave>
-inline void lstm_row(int64_t H, const T* __restrict xg, T* hg, T* act,
-                     T* __restrict c, T* __restrict h, T* __restrict out) {
+__attribute__((noinline)) void lstm_row(int64_t H, const T* __restrict xg,
+                                        const T* __restrict hg, T* __restrict act,
+                                        T* __restrict c, T* __restrict h,
+                                        T* __restrict out) {
   for (int64_t j = 0; j < H; ++j) {
     const T i = Math<T>::sigmoid(xg[j] + hg[j]);
     const T f = Math<T>::sigmoid(xg[H + j] + hg[H + j]);
@@ -225,8 +231,10 @@ inline void lstm_row(int64_t H, const T* __restrict xg, T* hg, T* act,
 }
 
 template <typename T, bool kSave>
-inline void gru_row(int64_t H, const T* __restrict xg, T* hg, const T* __restrict b_hn,
-                    T* act, T* __restrict h, T* __restrict out) {
+__attribute__((noinline)) void gru_row(int64_t H, const T* __restrict xg,
+                                       const T* __restrict hg, const T* __restrict b_hn,
+                                       T* __restrict act, T* __restrict h,
+                                       T* __restrict out) {
   for (int64_t j = 0; j < H; ++j) {
     const T r = Math<T>::sigmoid(xg[j] + hg[j]);
     const T z = Math<T>::sigmoid(xg[H + j] + hg[H + j]);
@@ -269,15 +277,22 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> forward_impl(
       bias.narrow(0, 0, folded).copy_(w.b_hh.narrow(0, 0, folded));
     }
   }
-  const Tensor xg = bias.defined() ? at::addmm(bias, x, w.w_ih.t()) : at::mm(x, w.w_ih.t());
+  Tensor output = at::empty({N, H_out}, x.options());
+  Tensor xg = lstm || gru ? at::empty({N, GH}, x.options()) : output;
+  if (bias.defined()) {
+    at::addmm_out(xg, bias, x, w.w_ih.t());
+  } else {
+    at::mm_out(xg, x, w.w_ih.t());
+  }
   const T* b_hn = gru && w.b_hh.defined() ? w.b_hh.const_data_ptr<T>() + 2 * H : nullptr;
 
   Tensor h = h0.clone(at::MemoryFormat::Contiguous);
   Tensor c = lstm ? c0.clone(at::MemoryFormat::Contiguous) : Tensor();
-  Tensor output = at::empty({N, H_out}, x.options());
   const int64_t saved = lstm ? 5 * H : (gru ? 4 * H : 0);
   Tensor workspace = at::empty({train ? N : 0, train ? saved : 0}, x.options());
   Tensor hg = at::empty({B, GH}, x.options());
+  // Without a workspace, the gate activations of a step go to this scratch.
+  Tensor act = train || !(lstm || gru) ? Tensor() : at::empty({B, GH}, x.options());
   Tensor m = projected ? at::empty({B, H}, x.options()) : Tensor();
 
   const Tensor w_hh_t = w.w_hh.t();
@@ -292,6 +307,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> forward_impl(
   T* m_data = projected ? m.mutable_data_ptr<T>() : nullptr;
   T* out_data = output.mutable_data_ptr<T>();
   T* ws_data = train ? workspace.mutable_data_ptr<T>() : nullptr;
+  T* act_data = act.defined() ? act.mutable_data_ptr<T>() : nullptr;
 
   for (int64_t s = 0; s < steps.count; ++s) {
     const int64_t t = reverse ? steps.count - 1 - s : s;
@@ -303,7 +319,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> forward_impl(
         const T* xg_row = xg_data + (offset + b) * GH;
         T* hg_row = hg_data + b * GH;
         T* out_row = out_data + (offset + b) * H_out;
-        T* ws_row = train ? ws_data + (offset + b) * saved : hg_row;
+        T* ws_row = train ? ws_data + (offset + b) * saved
+                          : (act.defined() ? act_data + b * GH : nullptr);
         if (lstm) {
           T* h_row = projected ? m_data + b * H : h_data + b * H_out;
           T* o_row = projected ? nullptr : out_row;
@@ -319,7 +336,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> forward_impl(
             gru_row<T, false>(H, xg_row, hg_row, b_hn, ws_row, h_data + b * H, out_row);
           }
         } else {
-          rnn_row<T>(mode, H, xg_row, hg_row, h_data + b * H, out_row);
+          rnn_row<T>(mode, H, hg_row, h_data + b * H, out_row);
         }
       }
     });
@@ -337,7 +354,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> forward_impl(
 // the GRU row replaces it with the part of dL/dh_{t-1} that bypasses W_hh.
 
 template <typename T>
-inline void rnn_backward_row(Mode mode, int64_t H, const T* __restrict out,
+__attribute__((noinline)) void rnn_backward_row(Mode mode, int64_t H, const T* __restrict out,
                              const T* __restrict dh, T* __restrict dg) {
   if (mode == Mode::kTanh) {
     for (int64_t j = 0; j < H; ++j) dg[j] = dh[j] * (T(1) - out[j] * out[j]);
@@ -347,7 +364,7 @@ inline void rnn_backward_row(Mode mode, int64_t H, const T* __restrict out,
 }
 
 template <typename T>
-inline void lstm_backward_row(int64_t H, const T* __restrict act,
+__attribute__((noinline)) void lstm_backward_row(int64_t H, const T* __restrict act,
                               const T* __restrict c_prev, const T* __restrict dh,
                               T* __restrict dc, T* __restrict dg, T* __restrict m) {
   for (int64_t j = 0; j < H; ++j) {
@@ -365,20 +382,82 @@ inline void lstm_backward_row(int64_t H, const T* __restrict act,
 }
 
 template <typename T>
-inline void gru_backward_row(int64_t H, const T* __restrict act,
+__attribute__((noinline)) void gru_backward_row(int64_t H, const T* __restrict act,
                              const T* __restrict h_prev, T* __restrict dh,
-                             T* __restrict dg) {
+                             T* __restrict dg, T* __restrict dg_recurrent) {
   for (int64_t j = 0; j < H; ++j) {
     const T r = act[j], z = act[H + j], n = act[2 * H + j], hn = act[3 * H + j];
     const T d = dh[j];
     const T dn_pre = d * (T(1) - z) * (T(1) - n * n);
     const T dz = d * (h_prev[j] - n);
-    const T dr = dn_pre * hn;
-    dg[j] = dr * r * (T(1) - r);
-    dg[H + j] = dz * z * (T(1) - z);
+    const T dr_pre = dn_pre * hn * r * (T(1) - r);
+    const T dz_pre = dz * z * (T(1) - z);
+    dg[j] = dr_pre;
+    dg[H + j] = dz_pre;
     dg[2 * H + j] = dn_pre;
-    dg[3 * H + j] = dn_pre * r;
+    dg_recurrent[j] = dr_pre;
+    dg_recurrent[H + j] = dz_pre;
+    dg_recurrent[2 * H + j] = dn_pre * r;
     dh[j] = d * z;
+  }
+}
+
+// grad_w_hh = sum over packed rows of dgates[row]^T h_prev[row], where h_prev
+// is the state the row started from: an output row of the step before, or a
+// row of h0. Runs of rows whose sources are consecutive share one product, so
+// an unpacked batch takes two products and no copy.
+void accumulate_recurrent_weight_grad(const Tensor& dgates, const Tensor& output,
+                                      const Tensor& h0, const Steps& steps, bool reverse,
+                                      Tensor& grad_w_hh) {
+  struct Segment {
+    int64_t row, source_row, count;
+    bool from_h0;
+  };
+  std::vector<Segment> segments;
+  auto add = [&](int64_t row, bool from_h0, int64_t source_row, int64_t count) {
+    if (count <= 0) return;
+    if (!segments.empty()) {
+      Segment& last = segments.back();
+      if (last.from_h0 == from_h0 && last.row + last.count == row &&
+          last.source_row + last.count == source_row) {
+        last.count += count;
+        return;
+      }
+    }
+    segments.push_back({row, source_row, count, from_h0});
+  };
+  for (int64_t t = 0; t < steps.count; ++t) {
+    const int64_t before = reverse ? t + 1 : t - 1;
+    const int64_t rows = steps.sizes[t], offset = steps.offsets[t];
+    if (before < 0 || before >= steps.count) {
+      add(offset, true, 0, rows);
+      continue;
+    }
+    const int64_t carried = std::min(rows, steps.sizes[before]);
+    add(offset, false, steps.offsets[before], carried);
+    add(offset + carried, true, carried, rows - carried);
+  }
+  for (const Segment& segment : segments) {
+    const Tensor& source = segment.from_h0 ? h0 : output;
+    grad_w_hh.addmm_(dgates.narrow(0, segment.row, segment.count).t(),
+                     source.narrow(0, segment.source_row, segment.count));
+  }
+}
+
+// dst[r, :] += src[offset + r, :] for r < rows, where src has strides
+// (stride0, stride1). A loss such as output.sum() passes an expanded gradient
+// with strides (0, 0), which is read in place rather than copied.
+template <typename T>
+void add_rows(const T* src, int64_t stride0, int64_t stride1, int64_t offset,
+              int64_t rows, int64_t width, T* __restrict dst) {
+  if (stride1 == 1 && stride0 == width) {
+    const T* __restrict g = src + offset * width;
+    for (int64_t k = 0; k < rows * width; ++k) dst[k] += g[k];
+    return;
+  }
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* g = src + (offset + r) * stride0;
+    for (int64_t k = 0; k < width; ++k) dst[r * width + k] += g[k * stride1];
   }
 }
 
@@ -410,20 +489,18 @@ Gradients backward_impl(Mode mode, const Tensor& grad_output, const Tensor& grad
     dc = grad_c_n.defined() ? grad_c_n.clone(at::MemoryFormat::Contiguous)
                             : at::zeros({B, H}, x.options());
   }
-  // Gradients of the pre-activations: for the GRU [r, z, n (input side),
-  // n (recurrent side)], else one block per gate, shared by both sides.
-  const int64_t dg_width = gru ? 4 * H : GH;
-  Tensor dgates = at::empty({N, dg_width}, x.options());
+  // Gradients of the gate pre-activations, one block per gate. They are
+  // those of the input side; the recurrent side differs only in the GRU's n
+  // block, by the factor r, so the GRU also keeps one step of the recurrent
+  // side in dgates_step.
+  Tensor dgates = at::empty({N, GH}, x.options());
+  Tensor dgates_step = gru ? at::empty({B, GH}, x.options()) : Tensor();
   Tensor dm = projected ? at::empty({B, H}, x.options()) : Tensor();
   Tensor m = projected ? at::empty({B, H}, x.options()) : Tensor();
   Tensor grad_w_hr = projected ? at::zeros_like(w.w_hr) : at::empty({0}, x.options());
 
   const Tensor w_hh_rows = w.w_hh.contiguous();
   const Tensor w_hr_rows = projected ? w.w_hr.contiguous() : Tensor();
-  // For the GRU, dL/dh_{t-1} through W_hh comes from blocks r, z and the
-  // recurrent n block, so W_hh's rows are taken in two parts.
-  const Tensor w_hh_rz = w_hh_rows.narrow(0, 0, gru ? 2 * H : GH);
-  const Tensor w_hh_n = gru ? w_hh_rows.narrow(0, 2 * H, H) : Tensor();
 
   const T* act_data = saved ? workspace.const_data_ptr<T>() : nullptr;
   const T* out_data = output.const_data_ptr<T>();
@@ -433,6 +510,7 @@ Gradients backward_impl(Mode mode, const Tensor& grad_output, const Tensor& grad
   T* dh_data = dh.mutable_data_ptr<T>();
   T* dc_data = lstm ? dc.mutable_data_ptr<T>() : nullptr;
   T* dg_data = dgates.mutable_data_ptr<T>();
+  T* dgs_data = gru ? dgates_step.mutable_data_ptr<T>() : nullptr;
   T* dm_data = projected ? dm.mutable_data_ptr<T>() : nullptr;
   T* m_data = projected ? m.mutable_data_ptr<T>() : nullptr;
 
@@ -440,8 +518,8 @@ Gradients backward_impl(Mode mode, const Tensor& grad_output, const Tensor& grad
     const int64_t t = reverse ? steps.count - 1 - s : s;
     const int64_t rows = steps.sizes[t], offset = steps.offsets[t];
     if (gout_data != nullptr) {
-      const T* g = gout_data + offset * H_out;
-      for (int64_t k = 0; k < rows * H_out; ++k) dh_data[k] += g[k];
+      add_rows<T>(gout_data, grad_output.stride(0), grad_output.stride(1), offset, rows,
+                  H_out, dh_data);
     }
     Tensor dh_rows = dh.narrow(0, 0, rows);
     if (projected) {
@@ -452,7 +530,7 @@ Gradients backward_impl(Mode mode, const Tensor& grad_output, const Tensor& grad
       for (int64_t b = begin; b < end; ++b) {
         const int64_t row = offset + b;
         const int64_t before = steps.previous_row(t, b, reverse);
-        T* dg_row = dg_data + row * dg_width;
+        T* dg_row = dg_data + row * GH;
         if (lstm) {
           const T* c_prev = before >= 0 ? act_data + before * saved + 4 * H : c0_data + b * H;
           const T* dh_row = projected ? dm_data + b * H : dh_data + b * H_out;
@@ -461,7 +539,8 @@ Gradients backward_impl(Mode mode, const Tensor& grad_output, const Tensor& grad
                                dc_data + b * H, dg_row, m_row);
         } else if (gru) {
           const T* h_prev = before >= 0 ? out_data + before * H : h0_data + b * H;
-          gru_backward_row<T>(H, act_data + row * saved, h_prev, dh_data + b * H, dg_row);
+          gru_backward_row<T>(H, act_data + row * saved, h_prev, dh_data + b * H, dg_row,
+                              dgs_data + b * GH);
         } else {
           rnn_backward_row<T>(mode, H, out_data + row * H, dh_data + b * H, dg_row);
         }
@@ -471,53 +550,38 @@ Gradients backward_impl(Mode mode, const Tensor& grad_output, const Tensor& grad
     if (projected) {
       grad_w_hr.addmm_(dh_rows.t(), m.narrow(0, 0, rows));
     }
-    const Tensor dg_rows = dgates.narrow(0, offset, rows);
-    if (gru) {
-      matmul<T>(dg_rows.narrow(1, 0, 2 * H), w_hh_rz, w_hh_rz, dh_rows, true);
-      matmul<T>(dg_rows.narrow(1, 3 * H, H), w_hh_n, w_hh_n, dh_rows, true);
-    } else {
-      matmul<T>(dg_rows, w_hh_rows, w_hh_rows, dh_rows, false);
-    }
+    const Tensor dg_rows = gru ? dgates_step.narrow(0, 0, rows) : dgates.narrow(0, offset, rows);
+    // The GRU's gate loop already stored d * z, the part of dL/dh_{t-1} that
+    // bypasses W_hh, so its product adds to dh.
+    matmul<T>(dg_rows, w_hh_rows, w_hh_rows, dh_rows, gru);
   }
 
-  // The state each packed row started from, for the gradient of W_hh.
-  Tensor h_prev = at::empty({N, H_out}, x.options());
-  {
-    T* dst = h_prev.mutable_data_ptr<T>();
-    for (int64_t t = 0; t < steps.count; ++t) {
-      for (int64_t b = 0; b < steps.sizes[t]; ++b) {
-        const int64_t before = steps.previous_row(t, b, reverse);
-        const T* src = before >= 0 ? out_data + before * H_out : h0_data + b * H_out;
-        std::memcpy(dst + (steps.offsets[t] + b) * H_out, src, H_out * sizeof(T));
+  // Input side, then (GRU) turn the n block into the recurrent side in place.
+  Tensor grad_x = input_grad ? at::mm(dgates, w.w_ih) : at::empty({0}, x.options());
+  Tensor grad_w_ih = at::mm(dgates.t(), x);
+  const bool biased = w.b_ih.defined() || w.b_hh.defined();
+  Tensor sums = biased ? at::sum(dgates, 0) : Tensor();
+  if (gru) {
+    for_rows(N, H, [&](int64_t begin, int64_t end) {
+      for (int64_t row = begin; row < end; ++row) {
+        T* __restrict dn = dg_data + row * GH + 2 * H;
+        const T* __restrict r = act_data + row * saved;
+        for (int64_t j = 0; j < H; ++j) dn[j] *= r[j];
       }
-    }
+    });
   }
+  Tensor grad_w_hh = at::zeros_like(w.w_hh);
+  accumulate_recurrent_weight_grad(dgates, output, h0, steps, reverse, grad_w_hh);
 
-  const Tensor dg_input = gru ? dgates.narrow(1, 0, GH) : dgates;
-  Tensor grad_x = input_grad ? at::mm(dg_input, w.w_ih) : at::empty({0}, x.options());
-  Tensor grad_w_ih = at::mm(dg_input.t(), x);
-  Tensor grad_w_hh = at::empty_like(w.w_hh);
   Tensor grad_b_ih = at::empty({0}, x.options());
   Tensor grad_b_hh = at::empty({0}, x.options());
-  if (gru) {
-    Tensor rz_rows = grad_w_hh.narrow(0, 0, 2 * H);
-    Tensor n_rows = grad_w_hh.narrow(0, 2 * H, H);
-    at::mm_out(rz_rows, dgates.narrow(1, 0, 2 * H).t(), h_prev);
-    at::mm_out(n_rows, dgates.narrow(1, 3 * H, H).t(), h_prev);
-  } else {
-    at::mm_out(grad_w_hh, dgates.t(), h_prev);
-  }
-  if (w.b_ih.defined() || w.b_hh.defined()) {
-    const Tensor sums = at::sum(dgates, 0);
-    if (w.b_ih.defined()) grad_b_ih = gru ? sums.narrow(0, 0, GH).clone() : sums;
-    if (w.b_hh.defined()) {
-      if (gru) {
-        grad_b_hh = at::empty({GH}, x.options());
-        grad_b_hh.narrow(0, 0, 2 * H).copy_(sums.narrow(0, 0, 2 * H));
-        grad_b_hh.narrow(0, 2 * H, H).copy_(sums.narrow(0, 3 * H, H));
-      } else {
-        grad_b_hh = w.b_ih.defined() ? sums.clone() : sums;
-      }
+  if (w.b_ih.defined()) grad_b_ih = sums;
+  if (w.b_hh.defined()) {
+    if (gru) {
+      grad_b_hh = sums.clone();
+      grad_b_hh.narrow(0, 2 * H, H).copy_(at::sum(dgates.narrow(1, 2 * H, H), 0));
+    } else {
+      grad_b_hh = w.b_ih.defined() ? sums.clone() : sums;
     }
   }
   return {grad_x, dh, lstm ? dc : at::empty({0}, x.options()), grad_w_ih, grad_w_hh,
@@ -605,7 +669,7 @@ Gradients fused_rnn_backward(
   Gradients result;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fused_rnn_backward", [&] {
     result = backward_impl<scalar_t>(
-        mode, defined_or_empty(grad_output), defined_or_empty(grad_h_n),
+        mode, grad_output.has_value() ? *grad_output : Tensor(), defined_or_empty(grad_h_n),
         defined_or_empty(grad_c_n), x, h, c, w, output.contiguous(),
         workspace.contiguous(), steps, reverse, input_grad);
   });
