@@ -307,3 +307,36 @@ def test_bad_probability_raises(name, value):
     for layer_type in (rnnkit.RNN, rnnkit.LSTM, rnnkit.GRU):
         with pytest.raises(ValueError, match=rf"expected {name} to be a probability"):
             layer_type(FEATURES, HIDDEN, **{name: value})
+
+
+@pytest.mark.parametrize("kind", ["lstm_proj", "gru"])
+def test_regularizers_packed_equal_lengths(kind):
+    # With distinct lengths both forms sort the rows the same way, so the
+    # same generator draws the same masks for the same rows.
+    layer = make_layer(kind, **REGULARIZERS["all"]).train()
+    x, hx = make_inputs(layer)
+    lengths = [3, 5, 1]
+    expected, expected_final = layer(
+        x, hx, lengths=lengths, generator=torch.Generator().manual_seed(8)
+    )
+    packed = torch.nn.utils.rnn.pack_padded_sequence(
+        x, torch.tensor(lengths), enforce_sorted=False
+    )
+    output, final = layer(packed, hx, generator=torch.Generator().manual_seed(8))
+    padded, _ = torch.nn.utils.rnn.pad_packed_sequence(output, total_length=STEPS)
+
+    torch.testing.assert_close(padded, expected, rtol=1e-12, atol=1e-12)
+    for state, expected_state in zip(
+        as_tuple(final), as_tuple(expected_final), strict=True
+    ):
+        torch.testing.assert_close(state, expected_state, rtol=1e-12, atol=1e-12)
+
+
+def test_regularizers_unbatched_input():
+    layer = make_layer("gru", **REGULARIZERS["all"]).train()
+    x, hx = make_inputs(layer)
+    output, h_n = layer(x[:, 0], hx[:, 0], generator=torch.Generator().manual_seed(1))
+    assert output.shape == (STEPS, 2 * HIDDEN)
+    assert h_n.shape == (4, HIDDEN)
+    eval_output, _ = layer.eval()(x[:, 0], hx[:, 0])
+    assert not torch.allclose(output, eval_output)
