@@ -17,6 +17,8 @@ COMMAND_MODULES = [
     "rnnkit.cli.forecast",
     "rnnkit.cli.demo",
     "rnnkit.cli.explain",
+    "rnnkit.cli.text",
+    "rnnkit.cli.classify",
     "rnnkit.cli.bench",
 ]
 
