@@ -15,9 +15,9 @@ From there both take the same path:
 - ``all_reduce_sum`` adds losses and counts across processes;
 - only rank 0 writes files (``save_on_main_process``) and shows progress.
 
-``launch`` binds the group to the loopback interface only: ``MASTER_ADDR`` is
-127.0.0.1 and gloo's ``GLOO_SOCKET_IFNAME`` is the loopback interface, unless
-the caller has set them.
+``launch`` keeps the group on the loopback interface: its rendezvous store
+listens on 127.0.0.1 and gloo's ``GLOO_SOCKET_IFNAME`` is the loopback
+interface.
 """
 
 from __future__ import annotations
@@ -253,6 +253,11 @@ def atomic_save(payload: object, path: str | Path) -> None:
         dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"
     )
     try:
+        # mkstemp creates the file readable by its owner alone; give it the
+        # permissions of any other new file.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)
         with os.fdopen(descriptor, "wb") as handle:
             torch.save(payload, handle)
             handle.flush()
@@ -315,13 +320,6 @@ def run_command(handler: Callable[[argparse.Namespace], int], args) -> int:
         destroy_process_group()
 
 
-def free_loopback_port() -> int:
-    """Return a TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((LOOPBACK_ADDRESS, 0))
-        return probe.getsockname()[1]
-
-
 def loopback_interface() -> str | None:
     """Return the name of the loopback network interface, or None if unknown."""
     try:
@@ -348,10 +346,23 @@ def launch(
     """
     import torch.multiprocessing as multiprocessing
 
-    # NOTE: the port is free when chosen but could be taken by another program
-    # before rank 0 binds it; the run then fails with "address already in use"
-    # and can simply be started again.
-    port = free_loopback_port()
+    # This process hosts the rendezvous store, as torchrun's agent does, on a
+    # socket bound to 127.0.0.1 alone. The store listens on that socket, which
+    # also leaves no window for another program to take the port.
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind((LOOPBACK_ADDRESS, 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    store = dist.TCPStore(
+        LOOPBACK_ADDRESS,
+        port,
+        world_size=devices,
+        is_master=True,
+        wait_for_workers=False,
+        master_listen_fd=listener.detach(),
+        # The libuv server of PyTorch 2.13 does not take a listening socket.
+        use_libuv=False,
+    )
     context = multiprocessing.get_context("spawn")
     errors = context.SimpleQueue()
     try:
@@ -371,6 +382,8 @@ def launch(
         if raised is not None:
             raise raised from None
         raise
+    finally:
+        del store
     return 0
 
 
@@ -387,12 +400,15 @@ def _launched_process(
         WORLD_SIZE=str(devices),
         LOCAL_RANK=str(local_rank),
         LOCAL_WORLD_SIZE=str(devices),
-        MASTER_ADDR=os.environ.get("MASTER_ADDR", LOOPBACK_ADDRESS),
+        MASTER_ADDR=LOOPBACK_ADDRESS,
         MASTER_PORT=str(port),
+        # Makes every rank a client of the store that ``launch`` hosts, the
+        # same variable torchrun's agent sets for the workers it starts.
+        TORCHELASTIC_USE_AGENT_STORE="True",
     )
     interface = loopback_interface()
     if interface is not None:
-        os.environ.setdefault("GLOO_SOCKET_IFNAME", interface)
+        os.environ["GLOO_SOCKET_IFNAME"] = interface
     if "OMP_NUM_THREADS" not in os.environ:
         # The processes share the machine's cores; more threads than cores
         # would make them compete for the same ones.

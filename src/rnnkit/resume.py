@@ -150,10 +150,13 @@ def capture_training(
     optimizer: torch.optim.Optimizer,
     scheduler,
     generators: dict[str, torch.Generator],
-    loop: LoopState,
+    loop: LoopState | None,
+    extra: dict | None = None,
 ) -> dict:
     """Return the training state of a loop at the end of a step or an epoch.
 
+    ``extra`` holds plain data of a loop whose position ``LoopState`` does not
+    describe; ``restore_training`` leaves it in the state for that loop to read.
     Tensors are cloned, so that later steps do not change the saved state.
     """
     return _clone(
@@ -162,7 +165,8 @@ def capture_training(
             "optimizer": optimizer.state_dict(),
             "scheduler": None if scheduler is None else scheduler.state_dict(),
             "rng": capture_rng(generators),
-            "loop": loop.to_dict(),
+            "loop": None if loop is None else loop.to_dict(),
+            "extra": extra,
         }
     )
 
@@ -173,9 +177,9 @@ def restore_training(
     optimizer: torch.optim.Optimizer,
     scheduler,
     generators: dict[str, torch.Generator],
-) -> LoopState:
+) -> LoopState | None:
     """Load a state from ``capture_training`` into the loop's objects in place;
-    return the loop's position and early-stopping record."""
+    return the loop's position and early-stopping record, if it was saved."""
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     if scheduler is not None:
@@ -186,7 +190,7 @@ def restore_training(
             )
         scheduler.load_state_dict(state["scheduler"])
     restore_rng(state["rng"], generators)
-    return LoopState.from_dict(state["loop"])
+    return None if state["loop"] is None else LoopState.from_dict(state["loop"])
 
 
 def _clone(value):
@@ -194,8 +198,10 @@ def _clone(value):
         return value.detach().clone()
     if isinstance(value, dict):
         return {key: _clone(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
+    if isinstance(value, list):
         return [_clone(item) for item in value]
+    if isinstance(value, tuple):
+        return tuple(_clone(item) for item in value)
     return value
 
 
