@@ -236,7 +236,8 @@ def run_predict_command(args: argparse.Namespace) -> int:
     data = _load_data(args, require_labels=False, kind=encoder.kind)
     if data.kind != encoder.kind:
         raise ValueError(
-            f"the classifier reads {encoder.kind} sequences, got {data.kind}"
+            f"the classifier reads {encoder.kind} sequences, but {data.source} "
+            f"has {data.kind}; pass the data it was trained for with --data"
         )
     indices, probabilities = predict(model, encoder, data.sequences)
     predicted = [classes[i] for i in indices]

@@ -133,8 +133,8 @@ class SequenceEncoder:
         for b, array in enumerate(sequences):
             if array.shape[1] != features:
                 raise ValueError(
-                    f"expected sequences of {features} features a step, as in "
-                    f"training, got {array.shape[1]}"
+                    f"expected {features} numbers per step, as in training, got "
+                    f"{array.shape[1]}"
                 )
             inputs[b, : len(array)] = (torch.from_numpy(array) - self.mean) / self.std
         return inputs, lengths

@@ -4,8 +4,8 @@ A sequence is either text, read character by character, or numbers. In a CSV
 cell, numbers are separated by commas or spaces, and each number is one step.
 A cell with semicolons has one step of several features per semicolon-separated
 group, so ``"1 2; 3 4; 5 6"`` is 3 steps of 2 features. In JSON Lines, a
-sequence of numbers is a list of numbers (one feature a step) or a list of
-lists (several features a step), and a string is read as in a CSV cell.
+sequence of numbers is a list of numbers (one feature per step) or a list of
+lists (several features per step), and a string is read as in a CSV cell.
 """
 
 from __future__ import annotations
@@ -212,9 +212,13 @@ def _check_feature_counts(sequences: list, rows: list[int], kind: str, path) -> 
     for row, array in zip(rows, sequences, strict=True):
         if array.shape[1] != first:
             raise ValueError(
-                f"{path}: row {row} has {array.shape[1]} features a step, but row "
-                f"{rows[0]} has {first}; every sequence needs the same count"
+                f"{path}: row {row} has {_count_features(array.shape[1])} per step, "
+                f"but row {rows[0]} has {first}; every sequence needs the same count"
             )
+
+
+def _count_features(count: int) -> str:
+    return f"{count} number" if count == 1 else f"{count} numbers"
 
 
 def _is_missing(value) -> bool:
