@@ -7,12 +7,15 @@ stderr and print the results; the task trains, samples and writes checkpoints.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
 from pathlib import Path
 from typing import TextIO
 
+from rnnkit import distributed
+from rnnkit.resume import RunCheckpoint
 from rnnkit.tasks.text.checkpoint import write_atomically
 from rnnkit.tasks.text.language_model import (
     LN2,
@@ -30,6 +33,8 @@ SETTINGS = TrainSettings()
 MODEL = LanguageModelConfig(0)
 CHECKPOINT_NAME = "model.pt"
 RESULTS_NAME = "results.json"
+# Written to the output directory at each evaluation, and read by --resume.
+RESUME_NAME = "resume.pt"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -155,7 +160,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument(
         "--quiet", action="store_true", help="do not draw the progress bar"
     )
-    train.set_defaults(handler=run_train_command)
+    train.add_argument(
+        "--devices",
+        type=int,
+        default=1,
+        metavar="N",
+        help="train on N local CPU processes with torch.distributed (gloo on "
+        "127.0.0.1), each on its share of the --batch streams; under torchrun, "
+        "leave this out (default: %(default)s)",
+    )
+    train.add_argument(
+        "--resume",
+        metavar="PATH",
+        help=f"continue an interrupted run from the {RESUME_NAME} it wrote to its "
+        "output directory; give the same options as that run",
+    )
+    train.set_defaults(
+        handler=functools.partial(distributed.run_command, run_train_command)
+    )
 
     sample = commands.add_parser(
         "generate",
@@ -231,16 +253,35 @@ def run_train_command(args: argparse.Namespace) -> int:
     config.check()
 
     out = Path(args.out)
+    run_settings = {
+        "data": str(args.data),
+        "bytes": args.bytes,
+        "model": config.to_dict(),
+        "settings": settings.to_dict(),
+    }
+    if args.resume is None:
+        run_state = RunCheckpoint(out / RESUME_NAME, run_settings)
+    else:
+        run_state = RunCheckpoint.resume(args.resume, out / RESUME_NAME, run_settings)
     out.mkdir(parents=True, exist_ok=True)
     checkpoint_path = out / CHECKPOINT_NAME
-    bar = None if args.quiet else StepProgressBar(sys.stderr)
+    show_progress = not args.quiet and distributed.is_main_process()
+    bar = StepProgressBar(sys.stderr) if show_progress else None
     try:
         model, vocabulary, result = train_language_model(
-            prepared, config, settings, progress=bar, checkpoint_path=checkpoint_path
+            prepared,
+            config,
+            settings,
+            progress=bar,
+            checkpoint_path=checkpoint_path,
+            save_state=lambda state: run_state.save_training("model", state),
+            resume_from=run_state.training_state("model"),
         )
     finally:
         if bar is not None:
             bar.finish()
+    if not distributed.is_main_process():
+        return 0
 
     summary = {
         "data": str(args.data),
