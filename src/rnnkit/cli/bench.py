@@ -91,6 +91,11 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"expected --repeats greater than zero, got {args.repeats}")
     if args.warmup < 0:
         raise ValueError(f"expected --warmup of zero or more, got {args.warmup}")
+    if not args.output.parent.is_dir():
+        raise ValueError(
+            f"output directory {args.output.parent} does not exist; create it or "
+            "pass another --output"
+        )
     cells = [cell.strip().upper() for cell in args.cells.split(",") if cell.strip()]
     passes = [p.strip().lower() for p in args.passes.split(",") if p.strip()]
     cases = benchmark.make_cases(

@@ -200,6 +200,10 @@ def _no_double_backward(ctx, *grads):
     )
 
 
+def _setup_nothing(ctx, inputs, output) -> None:
+    pass
+
+
 def _register_python_parts() -> None:
     torch.library.register_fake("rnnkit::fused_rnn_forward", _fake_forward)
     torch.library.register_fake("rnnkit::fused_rnn_backward", _fake_backward)
@@ -207,7 +211,9 @@ def _register_python_parts() -> None:
         "rnnkit::fused_rnn_forward", _backward, setup_context=_setup_context
     )
     torch.library.register_autograd(
-        "rnnkit::fused_rnn_backward", _no_double_backward, setup_context=lambda *_: None
+        "rnnkit::fused_rnn_backward",
+        _no_double_backward,
+        setup_context=_setup_nothing,
     )
 
 
