@@ -24,7 +24,7 @@ def train(text, **resume_options):
     # state across chunks, so both must be restored for equal weights.
     config = LanguageModelConfig(0, cell="lstm", num_layers=2, hidden_size=12,
                                  embedding_size=6, dropout=0.2)  # fmt: skip
-    settings = TrainSettings(seq_len=10, batch_size=4, epochs=1, eval_every=7,
+    settings = TrainSettings(seq_len=10, batch_size=4, epochs=2, eval_every=7,
                              patience=100, lr_patience=0)  # fmt: skip
     return train_language_model(text, config, settings, **resume_options)
 
