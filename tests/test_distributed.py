@@ -1,6 +1,9 @@
 """Distributed training: sharding, loss shares, launch checks, and 1 vs 2 processes."""
 
 import argparse
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -38,7 +41,7 @@ def test_shard_batch_rejects_empty_batch():
 @pytest.mark.parametrize("rows, world_size", [(8, 2), (7, 3), (2, 4)])
 def test_sharded_loss_gradient_is_batch_mean_gradient(rows, world_size):
     # DistributedDataParallel adds the gradients of all ranks and divides by
-    # the world size; doing the same by hand must give the gradient of
+    # the world size. Doing the same by hand must give the gradient of
     # torch.nn.functional.mse_loss over the whole batch.
     torch.manual_seed(0)
     model = Forecaster(ModelConfig(cell="gru", input_size=2, horizon=3, hidden_size=5))
@@ -195,3 +198,26 @@ def test_two_processes_report_bad_input_once(tmp_path, capfd):
     assert code == 2
     assert captured.err.count(str(missing)) == 1
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_torchrun_trains_like_devices(tmp_path):
+    # torchrun sets RANK, WORLD_SIZE and LOCAL_RANK; the command must join the
+    # group from them and match a --devices 2 run up to float rounding.
+    options = ["train", "--data", str(AIRLINE), "--epochs", "3",
+               "--hidden-size", "8", "--batch-size", "16", "--quiet"]  # fmt: skip
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc-per-node", "2", "-m", "rnnkit", *options,
+               "--out", str(tmp_path / "torchrun")]  # fmt: skip
+
+    completed = subprocess.run(command, env=environment, capture_output=True)
+    assert completed.returncode == 0, completed.stderr.decode()[-2000:]
+    assert main([*options, "--out", str(tmp_path / "spawned"), "--devices", "2"]) == 0
+
+    torchrun, spawned = _history(tmp_path / "torchrun"), _history(tmp_path / "spawned")
+    assert len(torchrun) == len(spawned) == 3
+    for (train_a, val_a), (train_b, val_b) in zip(torchrun, spawned, strict=True):
+        assert val_a == pytest.approx(val_b, rel=1e-5)
+        assert train_a == pytest.approx(train_b, rel=1e-5)
+    assert completed.stdout.decode().count("model  params") == 1
