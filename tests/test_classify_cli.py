@@ -219,3 +219,12 @@ def test_predict_text_model_rejects_builtin_digits(trained, tmp_path, capsys):
     code = main([*argv, "--out", str(out)])
     assert_one_line_error(capsys, code, "reads text sequences", "--data")
     assert not out.exists()
+
+
+def test_train_rejects_single_class(tmp_path, capsys):
+    path = tmp_path / "one.csv"
+    path.write_text("sequence,label\nab,x\ncd,x\nef,x\ngh,x\n")
+    out = tmp_path / "out"
+    code = main(["classify", "train", "--data", str(path), "--out", str(out)])
+    assert_one_line_error(capsys, code, "at least 2 classes", "'x'")
+    assert not out.exists()

@@ -19,6 +19,7 @@ from rnnkit.tasks.text.classifier import (
     ClassifierSettings,
     EpochProgress,
     Evaluation,
+    check_labels,
     load_classifier,
     predict,
     score,
@@ -208,6 +209,7 @@ def run_train_command(args: argparse.Namespace) -> int:
     settings.check()
     config.check()
     data = _load_data(args, require_labels=True, kind=args.sequence_kind)
+    check_labels(data)
     split_rows(len(data.sequences), settings)
 
     out = Path(args.out)

@@ -224,6 +224,21 @@ def split_rows(count: int, settings: ClassifierSettings) -> dict[str, list[int]]
     }
 
 
+def check_labels(data: SequenceData) -> list[str]:
+    """Return the sorted classes of labelled data.
+
+    Raises ``ValueError`` for data without labels or with fewer than 2 classes.
+    """
+    if data.labels is None:
+        raise ValueError("expected labelled sequences to train on, got no labels")
+    classes = sorted(set(data.labels))
+    if len(classes) < 2:
+        raise ValueError(
+            f"expected at least 2 classes to tell apart, got only {classes[0]!r}"
+        )
+    return classes
+
+
 def train_classifier(
     data: SequenceData,
     config: ClassifierConfig | None = None,
@@ -240,13 +255,7 @@ def train_classifier(
     """
     settings = settings or ClassifierSettings()
     settings.check()
-    if data.labels is None:
-        raise ValueError("expected labelled sequences to train on, got no labels")
-    classes = sorted(set(data.labels))
-    if len(classes) < 2:
-        raise ValueError(
-            f"expected at least 2 classes to tell apart, got only {classes[0]!r}"
-        )
+    classes = check_labels(data)
     parts = split_rows(len(data.sequences), settings)
     encoder = SequenceEncoder.fit(data, parts["train"])
     targets = torch.tensor([classes.index(label) for label in data.labels])
