@@ -1,13 +1,16 @@
 """The ``rnnkit text train`` and ``rnnkit text generate`` commands end to end."""
 
+import io
 import json
+import math
 from pathlib import Path
 
 import pytest
 import torch
 
 from rnnkit.cli import main
-from rnnkit.tasks.text.language_model import load_language_model
+from rnnkit.cli.text import StepProgressBar
+from rnnkit.tasks.text.language_model import Progress, load_language_model
 from rnnkit.tasks.text.sampling import next_distribution
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -218,3 +221,36 @@ def test_epochs_and_max_steps_exclude_each_other(corpus, capsys):
         )
     assert exit_info.value.code == 2
     assert "not allowed with argument" in capsys.readouterr().err
+
+
+class Terminal(io.StringIO):
+    """A text stream that reports itself as a terminal."""
+
+    def isatty(self):
+        return True
+
+
+def test_progress_bar_redraws_one_line_on_terminal():
+    stream = Terminal()
+    bar = StepProgressBar(stream, per_second=1e9)
+    for step in (1, 2):
+        bar(Progress(step, 2, 1, 2.0, None, math.inf, 0.5))
+    bar(Progress(2, 2, 1, 2.0, 1.0, 1.0, 0.6))
+    bar.finish()
+    text = stream.getvalue()
+    assert text.count("\r") == 3
+    assert text.count("\n") == 1
+    assert text.endswith("\n")
+    assert "val 1.0000 (1.443 bpc)" in text
+    assert "loss 2.0000 (2.885 bpc)" in text
+
+
+def test_progress_bar_writes_lines_to_file():
+    stream = io.StringIO()
+    bar = StepProgressBar(stream)
+    bar(Progress(1, 4, 1, 2.0, None, math.inf, 0.1))
+    bar(Progress(2, 4, 1, 2.0, 1.5, 1.5, 0.2))
+    bar.finish()
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("step      2/4 [##########..........]")
