@@ -1,10 +1,10 @@
 """Lay an encoded corpus out as parallel streams for truncated backpropagation.
 
-The text is split in time (validation is the end of the text) and each part is
-laid out as B contiguous streams side by side: stream b is the b-th of B equal
-slices of the part, so chunk k of every stream directly follows chunk k - 1, and
-a model that carries its state from one chunk to the next reads each stream
-as one long sequence.
+The text is split in time, with validation at the end, and each part is laid
+out as B streams side by side. Stream b is the b-th of B equal contiguous
+slices of the part, so chunk k of every stream directly follows chunk k - 1.
+A model that carries its state from one chunk to the next therefore reads
+each stream as one long sequence.
 """
 
 from __future__ import annotations
