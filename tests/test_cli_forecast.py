@@ -229,3 +229,22 @@ def test_python_m_rnnkit_compare(tmp_path):
     assert "seasonal_naive" in completed.stdout
     target = pd.read_csv(DATA / "airline-passengers.csv")["Passengers"].to_numpy(float)
     check_outputs(out, target, ["rnn", "gru"])
+
+
+def test_recursive_forecast_of_builtin_series(tmp_path, capsys):
+    train_out = tmp_path / "train"
+    code, _, _ = run(["train", "--model", "gru", "--strategy", "recursive",
+                      "--out", str(train_out), *FAST], capsys)  # fmt: skip
+    assert code == 0
+
+    # Without --data the forecast reads the built-in series again, and a
+    # recursive model forecasts past its training horizon of 12.
+    code, _, _ = run(["forecast", "--checkpoint", str(train_out / "gru.pt"),
+                      "--horizon", "20", "--out", str(tmp_path / "f")],
+                     capsys)  # fmt: skip
+
+    assert code == 0
+    frame = pd.read_csv(tmp_path / "f" / "forecast.csv")
+    assert len(frame) == 20
+    assert frame["date"].iloc[0] == "2009-01-01"
+    assert frame["date"].iloc[-1] == "2028-01-01"

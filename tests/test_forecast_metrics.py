@@ -45,7 +45,7 @@ def test_naive_repeats_value_before_origin():
     assert forecast.tolist() == [5, 5, 7, 7]
 
 
-def test_seasonal_naive_repeats_last_season_and_cuts_at_end():
+def test_seasonal_naive_repeats_last_season():
     y = np.array([0, 1, 2, 3, 4, 5, 6, 7, 8], dtype=float)
 
     forecast = baselines.seasonal_naive(y, np.array([5, 8]), horizon=3, total=9,

@@ -126,7 +126,7 @@ def _add_data_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--date-column",
         metavar="NAME",
-        help="column of dates (default: the first column, if it holds dates)",
+        help="column of dates (default: the first column, if it contains dates)",
     )
     group.add_argument(
         "--fill",

@@ -1,7 +1,7 @@
 """Save and load forecaster checkpoints.
 
 A checkpoint is a dict that ``torch.load(path, weights_only=True)`` accepts:
-only tensors, dicts, lists, strings, numbers, booleans and None. It holds
+only tensors, dicts, lists, strings, numbers, booleans and None. It contains
 
     format          "rnnkit-forecaster", to recognise the file
     format_version  CHECKPOINT_VERSION

@@ -198,7 +198,7 @@ def run_compare(
     """Train every requested model, run the baselines and score them all.
 
     With ``run_state``, each model's training state is saved after every
-    epoch, and models that ``run_state`` holds as finished or in progress are
+    epoch, and models that ``run_state`` records as finished or in progress are
     restored or continued instead of trained from the start. The baselines
     run on rank 0 alone, because only rank 0 reports results.
     """
@@ -270,7 +270,7 @@ def train_model(
 ):
     """Build and train one forecaster; return it with its ``TrainResult``.
 
-    A model that ``run_state`` holds as finished is rebuilt from its saved
+    A model that ``run_state`` records as finished is rebuilt from its saved
     weights without training.
     """
     split, scaled = prepared.split, prepared.scaled

@@ -68,7 +68,7 @@ def load_series(
 
     ``columns`` lists the value columns, target first. Without it, a file must
     have exactly one column besides the date column. The date column is
-    ``date_column`` or, if that is None, the first column when it holds dates.
+    ``date_column`` or, if that is None, the first column when it contains dates.
     ``fill`` repairs missing values ("ffill" or "interpolate"); without it a
     missing value is an error. ``season`` overrides the season length that is
     otherwise inferred from the spacing of the dates.

@@ -44,7 +44,7 @@ class TrainConfig:
 
 @dataclass
 class EpochReport:
-    """What the progress callback receives after each epoch."""
+    """Progress report passed to the callback after each epoch."""
 
     name: str
     epoch: int

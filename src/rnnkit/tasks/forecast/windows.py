@@ -33,7 +33,7 @@ def split_series(
 ) -> Split:
     """Split ``total`` rows in time and check each part is long enough.
 
-    The training part must hold at least one full window (context + horizon
+    The training part must contain at least one full window (context + horizon
     rows) and one more row than the season, so that the seasonal naive error
     that scales MASE exists. Validation and test need a full horizon each.
     """
