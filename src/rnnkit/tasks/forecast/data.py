@@ -247,9 +247,9 @@ def _parse_dates(text: pd.Series) -> pd.DatetimeIndex:
 
 
 def _to_datetime(text: pd.Series) -> pd.Series:
-    # pandas warns when it cannot infer one format for the whole column and
-    # parses each value on its own; values that still fail become NaT and
-    # are reported by the caller, so the warning adds nothing.
+    # pandas warns when it cannot infer one format for the whole column, and
+    # then parses each value on its own. Values that still fail become NaT,
+    # which the caller reports, so the warning adds nothing.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         return pd.to_datetime(text, errors="coerce")

@@ -53,12 +53,19 @@ def split_series(
     n_train = total - n_val - n_test
     need_train = max(context + horizon, season + 1)
     if n_train < need_train or n_val < horizon or n_test < horizon:
+        if season + 1 > context + horizon:
+            cause = f"season length {season} needs at least {need_train}"
+            fix = "a smaller --season"
+        else:
+            cause = (
+                f"context {context} and horizon {horizon} need at least {need_train}"
+            )
+            fix = "a smaller --context or --horizon"
         raise ValueError(
             f"series too short: {total} rows split into {n_train} training, "
-            f"{n_val} validation and {n_test} test rows, but context {context} and "
-            f"horizon {horizon} need at least {need_train} training rows and "
-            f"{horizon} rows each for validation and test; use a smaller --context "
-            "or --horizon, or a longer series"
+            f"{n_val} validation and {n_test} test rows, but {cause} training rows "
+            f"and horizon {horizon} needs {horizon} rows each for validation and "
+            f"test; use {fix}, or a longer series"
         )
     return Split(train_end=n_train, val_end=n_train + n_val, total=total)
 
@@ -114,9 +121,9 @@ def make_windows(
 
     A window's context may reach back before ``start``, which lets validation
     and test windows take their context from the preceding part. Returns
-    inputs (N, context, F) and targets: (N, horizon), the target column over
-    the horizon, for "direct"; (N, F), every column one step ahead, for
-    "recursive".
+    inputs (N, context, F) and targets. For "direct" the targets are the target
+    column over the horizon, (N, horizon). For "recursive" they are every
+    column one step ahead, (N, F).
     """
     steps = horizon if strategy == "direct" else 1
     origins = np.arange(max(start, context), end - steps + 1)
