@@ -55,6 +55,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     compare.add_argument(
         "--models",
         type=_model_list,
+        metavar="LIST",
         default=list(DEFAULTS.models),
         help="comma-separated cell kinds to train (default: rnn,lstm,gru)",
     )
@@ -90,19 +91,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "written by compare or train, and write forecast.csv and forecast.png.",
     )
     forecast.add_argument(
-        "--checkpoint", required=True, help="checkpoint file (.pt) to forecast with"
+        "--checkpoint",
+        required=True,
+        metavar="PATH",
+        help="checkpoint file (.pt) to forecast with",
     )
     forecast.add_argument(
         "--data",
+        metavar="FILE",
         help="CSV file to forecast (default: the series the model was trained on)",
     )
     forecast.add_argument(
         "--horizon",
         type=int,
+        metavar="N",
         help="steps to forecast (default: the horizon the model was trained for)",
     )
     forecast.add_argument(
-        "--out", default="runs/forecast", help="output directory (default: %(default)s)"
+        "--out",
+        default="runs/forecast",
+        metavar="DIR",
+        help="output directory (default: %(default)s)",
     )
     forecast.set_defaults(handler=run_forecast_command)
 
@@ -111,6 +120,7 @@ def _add_data_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("data")
     group.add_argument(
         "--data",
+        metavar="FILE",
         help="CSV file with a date column and value columns (default: the "
         "built-in yearly sunspot numbers shipped with statsmodels)",
     )
@@ -137,6 +147,7 @@ def _add_data_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--season",
         type=int,
+        metavar="N",
         help="season length in rows, for seasonal naive and MASE (default: "
         "inferred from the dates: hourly 24, daily 7, weekly 52, monthly 12, "
         "quarterly 4, yearly 1; 1 without dates)",
@@ -145,24 +156,28 @@ def _add_data_options(parser: argparse.ArgumentParser) -> None:
         "--horizon",
         type=int,
         default=DEFAULTS.horizon,
+        metavar="N",
         help="steps to forecast (default: %(default)s)",
     )
     group.add_argument(
         "--context",
         type=int,
         default=DEFAULTS.context,
+        metavar="N",
         help="past steps the model reads per forecast (default: %(default)s)",
     )
     group.add_argument(
         "--val-fraction",
         type=float,
         default=DEFAULTS.val_fraction,
+        metavar="F",
         help="fraction of rows for validation, after training (default: %(default)s)",
     )
     group.add_argument(
         "--test-fraction",
         type=float,
         default=DEFAULTS.test_fraction,
+        metavar="F",
         help="fraction of rows for the test, at the end (default: %(default)s)",
     )
 
@@ -189,13 +204,20 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     ]  # fmt: skip
     for flag, kind, default, text in options:
         group.add_argument(
-            flag, type=kind, default=default, help=f"{text} (default: %(default)s)"
+            flag,
+            type=kind,
+            default=default,
+            metavar="N" if kind is int else "X",
+            help=f"{text} (default: %(default)s)",
         )
 
 
 def _add_output_options(parser: argparse.ArgumentParser, default_out: str) -> None:
     parser.add_argument(
-        "--out", default=default_out, help="output directory (default: %(default)s)"
+        "--out",
+        default=default_out,
+        metavar="DIR",
+        help="output directory (default: %(default)s)",
     )
     parser.add_argument(
         "--quiet", action="store_true", help="do not draw the progress bar"
