@@ -340,3 +340,10 @@ def test_regularizers_unbatched_input():
     assert h_n.shape == (4, HIDDEN)
     eval_output, _ = layer.eval()(x[:, 0], hx[:, 0])
     assert not torch.allclose(output, eval_output)
+
+
+def test_bad_generator_raises():
+    layer = make_layer("gru", zoneout=0.1)
+    x, _ = make_inputs(layer)
+    with pytest.raises(TypeError, match="expected generator to be a torch.Generator"):
+        layer(x, generator=5)

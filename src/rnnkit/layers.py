@@ -169,6 +169,11 @@ class RecurrentBase(nn.Module):
 
         Returns ``(output, h_n)``, or ``(output, (h_n, c_n))`` for the LSTM.
         """
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(
+                "expected generator to be a torch.Generator or None, "
+                f"got {type(generator).__name__}"
+            )
         unbatched = False
         if isinstance(input, PackedSequence):
             if lengths is not None:
