@@ -59,19 +59,19 @@ def check_probability(name: str, value) -> float:
     return float(value)
 
 
-def draw_keep_mask(
+def draw_mask(
     shape: tuple[int, ...],
-    p: float,
+    probability: float,
     generator: torch.Generator | None,
     like: Tensor,
 ) -> Tensor:
-    """Draw a mask of 1 (probability 1 - p) and 0 with the dtype and device of ``like``.
+    """Draw a mask of 1 (with ``probability``) and 0, of ``like``'s dtype and device.
 
     With a generator, the mask is drawn on the generator's device and then
     moved to ``like``'s device.
     """
     device = like.device if generator is None else generator.device
-    probabilities = torch.full(shape, 1 - p, dtype=like.dtype, device=device)
+    probabilities = torch.full(shape, probability, dtype=like.dtype, device=device)
     mask = torch.bernoulli(probabilities, generator=generator)
     return mask.to(like.device)
 
@@ -141,16 +141,17 @@ def run_direction(
     make_step: StepFactory | None = None,
     project: Callable[[Tensor], Tensor] | None = None,
 ) -> tuple[Tensor, tuple[Tensor, ...]]:
-    """Run one layer and direction with the given regularisers, in training mode.
+    """Run one layer and direction with the given regularisers.
 
-    Arguments are those of ``rnnkit.kernels.run_direction`` plus the three
-    probabilities and the mask generator. ``make_step(weights, recurrent_mask)``
+    The caller passes zero probabilities in eval mode. Arguments are those of
+    ``rnnkit.kernels.run_direction`` plus the three probabilities and the mask
+    generator. ``make_step(weights, recurrent_mask)``
     and ``project(data)`` replace the plain cell (the layer-normalised layers
     use them); see ``reference.run_direction``.
     """
     w_ih, w_hh, b_ih, b_hh, w_hr = weights
     if weight_dropout > 0:
-        mask = draw_keep_mask(tuple(w_hh.shape), weight_dropout, generator, w_hh)
+        mask = draw_mask(tuple(w_hh.shape), 1 - weight_dropout, generator, w_hh)
         w_hh = w_hh * mask / (1 - weight_dropout)
         weights = (w_ih, w_hh, b_ih, b_hh, w_hr)
 
@@ -161,15 +162,15 @@ def run_direction(
     recurrent_mask = None
     if recurrent_dropout > 0:
         h = state[0]
-        recurrent_mask = draw_keep_mask(
-            tuple(h.shape), recurrent_dropout, generator, h
+        recurrent_mask = draw_mask(
+            tuple(h.shape), 1 - recurrent_dropout, generator, h
         ) / (1 - recurrent_dropout)
 
     zoneout_masks = None
     if zoneout > 0:
         rows = data.shape[0]
         zoneout_masks = tuple(
-            draw_keep_mask((rows, s.shape[1]), 1 - zoneout, generator, s) for s in state
+            draw_mask((rows, s.shape[1]), zoneout, generator, s) for s in state
         )
 
     if make_step is None:
