@@ -133,7 +133,8 @@ struct Steps {
 
 // A product below this many multiply-adds runs as a plain loop, because the
 // call overhead of at::mm (a few microseconds) would dominate it.
-// NOTE: the threshold was tuned on one AVX-512 machine with 2 cores.
+// NOTE: both thresholds come from measurements on one 2-core AVX-512 AMD
+// machine (MKL GEMM), under load; other CPUs may prefer other values.
 constexpr int64_t kSmallProduct = 32 * 1024;
 
 // out[r, :] (+)= sum_k a[r, k] * w[k, :] for r < rows, where w is (K, M)
@@ -170,6 +171,58 @@ void matmul(const Tensor& a, const Tensor& w, const Tensor& w_rows, Tensor out,
     out.addmm_(a, w);
   } else {
     at::mm_out(out, a, w);
+  }
+}
+
+// The same product on rows [a_row, a_row + rows) of a and [out_row, ...) of
+// out. The plain-loop path reads the data pointers directly, so that a small
+// step creates no tensor views.
+template <typename T>
+void matmul_rows(const Tensor& a, int64_t a_row, int64_t rows, const Tensor& w,
+                 const Tensor& w_rows, Tensor& out, int64_t out_row, bool accumulate) {
+  const int64_t K = a.size(1), M = w.size(1);
+  if (rows == 0) return;
+  if (rows * K * M <= kSmallProduct) {
+    small_matmul<T>(a.const_data_ptr<T>() + a_row * a.stride(0), a.stride(0), rows, K,
+                    w_rows.const_data_ptr<T>(), M,
+                    out.mutable_data_ptr<T>() + out_row * out.stride(0), out.stride(0),
+                    accumulate);
+    return;
+  }
+  matmul<T>(a.narrow(0, a_row, rows), w, w_rows, out.narrow(0, out_row, rows),
+            accumulate);
+}
+
+// out (+)= a^T @ b with a (N, K) and b (N, M), both row-major with unit
+// column stride: the weight gradients, summed over packed rows. Products up
+// to 8 * kSmallProduct run as a plain loop, because at::addmm_ on a
+// transposed view measured slower up to that size.
+template <typename T>
+void matmul_transposed(const Tensor& a, const Tensor& b, Tensor out, bool accumulate) {
+  const int64_t rows = a.size(0), K = a.size(1), M = b.size(1);
+  if (rows * K * M > 8 * kSmallProduct || a.stride(1) != 1 || b.stride(1) != 1 ||
+      !out.is_contiguous()) {
+    if (accumulate) {
+      out.addmm_(a.t(), b);
+    } else {
+      at::mm_out(out, a.t(), b);
+    }
+    return;
+  }
+  T* o = out.mutable_data_ptr<T>();
+  if (!accumulate) {
+    for (int64_t index = 0; index < K * M; ++index) o[index] = T(0);
+  }
+  const T* a_data = a.const_data_ptr<T>();
+  const T* b_data = b.const_data_ptr<T>();
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* a_row = a_data + r * a.stride(0);
+    const T* __restrict b_row = b_data + r * b.stride(0);
+    for (int64_t k = 0; k < K; ++k) {
+      const T value = a_row[k];
+      T* __restrict o_row = o + k * M;
+      for (int64_t m = 0; m < M; ++m) o_row[m] += value * b_row[m];
+    }
   }
 }
 
@@ -279,7 +332,15 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> forward_impl(
   }
   Tensor output = at::empty({N, H_out}, x.options());
   Tensor xg = lstm || gru ? at::empty({N, GH}, x.options()) : output;
-  if (bias.defined()) {
+  if (N * GH * x.size(1) <= kSmallProduct) {
+    if (bias.defined()) {
+      xg.copy_(bias.unsqueeze(0).expand({N, GH}));
+    } else {
+      xg.zero_();
+    }
+    const Tensor w_ih_t = w.w_ih.t();
+    matmul<T>(x, w_ih_t, w_ih_t.contiguous(), xg, true);
+  } else if (bias.defined()) {
     at::addmm_out(xg, bias, x, w.w_ih.t());
   } else {
     at::mm_out(xg, x, w.w_ih.t());
@@ -312,7 +373,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> forward_impl(
   for (int64_t s = 0; s < steps.count; ++s) {
     const int64_t t = reverse ? steps.count - 1 - s : s;
     const int64_t rows = steps.sizes[t], offset = steps.offsets[t];
-    matmul<T>(h.narrow(0, 0, rows), w_hh_t, w_hh_rows, hg.narrow(0, 0, rows), false);
+    matmul_rows<T>(h, 0, rows, w_hh_t, w_hh_rows, hg, 0, false);
 
     for_rows(rows, GH, [&](int64_t begin, int64_t end) {
       for (int64_t b = begin; b < end; ++b) {
@@ -342,9 +403,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> forward_impl(
     });
 
     if (projected) {
-      Tensor h_rows = h.narrow(0, 0, rows);
-      matmul<T>(m.narrow(0, 0, rows), w_hr_t, w_hr_rows, h_rows, false);
-      output.narrow(0, offset, rows).copy_(h_rows);
+      matmul_rows<T>(m, 0, rows, w_hr_t, w_hr_rows, h, 0, false);
+      std::memcpy(out_data + offset * H_out, h_data, rows * H_out * sizeof(T));
     }
   }
   return {output, h, lstm ? c : at::empty({0}, x.options()), workspace};
@@ -406,6 +466,7 @@ __attribute__((noinline)) void gru_backward_row(int64_t H, const T* __restrict a
 // is the state the row started from: an output row of the step before, or a
 // row of h0. Runs of rows whose sources are consecutive share one product, so
 // an unpacked batch takes two products and no copy.
+template <typename T>
 void accumulate_recurrent_weight_grad(const Tensor& dgates, const Tensor& output,
                                       const Tensor& h0, const Steps& steps, bool reverse,
                                       Tensor& grad_w_hh) {
@@ -439,8 +500,9 @@ void accumulate_recurrent_weight_grad(const Tensor& dgates, const Tensor& output
   }
   for (const Segment& segment : segments) {
     const Tensor& source = segment.from_h0 ? h0 : output;
-    grad_w_hh.addmm_(dgates.narrow(0, segment.row, segment.count).t(),
-                     source.narrow(0, segment.source_row, segment.count));
+    matmul_transposed<T>(dgates.narrow(0, segment.row, segment.count),
+                         source.narrow(0, segment.source_row, segment.count), grad_w_hh,
+                         true);
   }
 }
 
@@ -521,9 +583,8 @@ Gradients backward_impl(Mode mode, const Tensor& grad_output, const Tensor& grad
       add_rows<T>(gout_data, grad_output.stride(0), grad_output.stride(1), offset, rows,
                   H_out, dh_data);
     }
-    Tensor dh_rows = dh.narrow(0, 0, rows);
     if (projected) {
-      matmul<T>(dh_rows, w.w_hr, w_hr_rows, dm.narrow(0, 0, rows), false);
+      matmul_rows<T>(dh, 0, rows, w.w_hr, w_hr_rows, dm, 0, false);
     }
 
     for_rows(rows, GH, [&](int64_t begin, int64_t end) {
@@ -548,17 +609,23 @@ Gradients backward_impl(Mode mode, const Tensor& grad_output, const Tensor& grad
     });
 
     if (projected) {
-      grad_w_hr.addmm_(dh_rows.t(), m.narrow(0, 0, rows));
+      grad_w_hr.addmm_(dh.narrow(0, 0, rows).t(), m.narrow(0, 0, rows));
     }
-    const Tensor dg_rows = gru ? dgates_step.narrow(0, 0, rows) : dgates.narrow(0, offset, rows);
     // The GRU's gate loop already stored d * z, the part of dL/dh_{t-1} that
     // bypasses W_hh, so its product adds to dh.
-    matmul<T>(dg_rows, w_hh_rows, w_hh_rows, dh_rows, gru);
+    if (gru) {
+      matmul_rows<T>(dgates_step, 0, rows, w_hh_rows, w_hh_rows, dh, 0, true);
+    } else {
+      matmul_rows<T>(dgates, offset, rows, w_hh_rows, w_hh_rows, dh, 0, false);
+    }
   }
 
   // Input side, then (GRU) turn the n block into the recurrent side in place.
-  Tensor grad_x = input_grad ? at::mm(dgates, w.w_ih) : at::empty({0}, x.options());
-  Tensor grad_w_ih = at::mm(dgates.t(), x);
+  Tensor grad_x = input_grad ? at::empty({N, x.size(1)}, x.options())
+                             : at::empty({0}, x.options());
+  if (input_grad) matmul<T>(dgates, w.w_ih, w.w_ih, grad_x, false);
+  Tensor grad_w_ih = at::empty_like(w.w_ih);
+  matmul_transposed<T>(dgates, x, grad_w_ih, false);
   const bool biased = w.b_ih.defined() || w.b_hh.defined();
   Tensor sums = biased ? at::sum(dgates, 0) : Tensor();
   if (gru) {
@@ -571,7 +638,7 @@ Gradients backward_impl(Mode mode, const Tensor& grad_output, const Tensor& grad
     });
   }
   Tensor grad_w_hh = at::zeros_like(w.w_hh);
-  accumulate_recurrent_weight_grad(dgates, output, h0, steps, reverse, grad_w_hh);
+  accumulate_recurrent_weight_grad<T>(dgates, output, h0, steps, reverse, grad_w_hh);
 
   Tensor grad_b_ih = at::empty({0}, x.options());
   Tensor grad_b_hh = at::empty({0}, x.options());
