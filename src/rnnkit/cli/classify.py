@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
+from rnnkit.cli.text_options import add_model_options
 from rnnkit.tasks.text.checkpoint import write_atomically
 from rnnkit.tasks.text.classifier import (
     ClassifierSettings,
@@ -26,7 +27,7 @@ from rnnkit.tasks.text.classifier import (
     split_rows,
     train_classifier,
 )
-from rnnkit.tasks.text.model import CELLS, ClassifierConfig
+from rnnkit.tasks.text.model import ClassifierConfig
 from rnnkit.tasks.text.sequences import (
     SEQUENCE_KINDS,
     SequenceData,
@@ -59,38 +60,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "part, and write the checkpoint.",
     )
     _add_data_options(train)
-    model = train.add_argument_group("model")
-    model.add_argument(
-        "--model",
-        choices=CELLS,
-        default=MODEL.cell,
-        help="recurrent cell kind (default: %(default)s)",
-    )
-    model.add_argument(
-        "--layers",
-        "--num-layers",
-        type=int,
-        default=MODEL.num_layers,
-        help="stacked recurrent layers (default: %(default)s)",
-    )
-    model.add_argument(
-        "--hidden",
-        "--hidden-size",
-        type=int,
-        default=MODEL.hidden_size,
-        help="hidden units per layer (default: %(default)s)",
-    )
-    model.add_argument(
-        "--embedding",
-        type=int,
-        default=MODEL.embedding_size,
-        help="size of the character embedding, for text (default: %(default)s)",
-    )
-    model.add_argument(
-        "--dropout",
-        type=float,
-        default=MODEL.dropout,
-        help="dropout between stacked layers (default: %(default)s)",
+    add_model_options(
+        train,
+        MODEL,
+        embedding_help="size of the character embedding, for text",
+        dropout_help="dropout between stacked layers",
     )
     training = train.add_argument_group("training")
     options = [

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TextIO
 
 from rnnkit import distributed
+from rnnkit.cli.text_options import add_model_options
 from rnnkit.resume import RunCheckpoint
 from rnnkit.tasks.text.checkpoint import write_atomically
 from rnnkit.tasks.text.language_model import (
@@ -25,7 +26,7 @@ from rnnkit.tasks.text.language_model import (
     prepare_text,
     train_language_model,
 )
-from rnnkit.tasks.text.model import CELLS, LanguageModelConfig
+from rnnkit.tasks.text.model import LanguageModelConfig
 from rnnkit.tasks.text.sampling import check_sampling, generate
 from rnnkit.tasks.text.vocabulary import read_corpus
 
@@ -60,38 +61,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="model bytes (256 symbols) instead of characters; reads any file",
     )
-    model = train.add_argument_group("model")
-    model.add_argument(
-        "--model",
-        choices=CELLS,
-        default=MODEL.cell,
-        help="recurrent cell kind (default: %(default)s)",
-    )
-    model.add_argument(
-        "--layers",
-        "--num-layers",
-        type=int,
-        default=MODEL.num_layers,
-        help="stacked recurrent layers (default: %(default)s)",
-    )
-    model.add_argument(
-        "--hidden",
-        "--hidden-size",
-        type=int,
-        default=MODEL.hidden_size,
-        help="hidden units per layer (default: %(default)s)",
-    )
-    model.add_argument(
-        "--embedding",
-        type=int,
-        default=MODEL.embedding_size,
-        help="size of the symbol embedding (default: %(default)s)",
-    )
-    model.add_argument(
-        "--dropout",
-        type=float,
-        default=MODEL.dropout,
-        help="dropout between layers and before the output (default: %(default)s)",
+    add_model_options(
+        train,
+        MODEL,
+        embedding_help="size of the symbol embedding",
+        dropout_help="dropout between layers and before the output",
     )
 
     training = train.add_argument_group("training")
