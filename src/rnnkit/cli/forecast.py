@@ -195,6 +195,13 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
         ("--hidden-size", int, DEFAULTS.hidden_size, "hidden units per layer"),
         ("--num-layers", int, DEFAULTS.num_layers, "stacked recurrent layers"),
         ("--dropout", float, DEFAULTS.dropout, "dropout between stacked layers"),
+        ("--recurrent-dropout", float, DEFAULTS.recurrent_dropout, "probability "
+         "of dropping a unit of h in the recurrent product, one mask per "
+         "sequence"),
+        ("--zoneout", float, DEFAULTS.zoneout, "probability that a unit keeps "
+         "its previous state at a step (h, and c for the LSTM)"),
+        ("--weight-dropout", float, DEFAULTS.weight_dropout, "probability of "
+         "dropping each recurrent weight, one mask per batch (DropConnect)"),
         ("--learning-rate", float, DEFAULTS.learning_rate, "Adam learning rate"),
         ("--batch-size", int, DEFAULTS.batch_size, "windows per mini-batch"),
         ("--epochs", int, DEFAULTS.epochs, "maximum number of epochs"),
@@ -256,6 +263,9 @@ def _settings(args: argparse.Namespace, models: list[str], baselines: bool):
         hidden_size=args.hidden_size,
         num_layers=args.num_layers,
         dropout=args.dropout,
+        recurrent_dropout=args.recurrent_dropout,
+        zoneout=args.zoneout,
+        weight_dropout=args.weight_dropout,
         epochs=args.epochs,
         patience=args.patience,
         learning_rate=args.learning_rate,

@@ -65,6 +65,9 @@ class CompareSettings:
     hidden_size: int = 32
     num_layers: int = 1
     dropout: float = 0.0
+    recurrent_dropout: float = 0.0
+    zoneout: float = 0.0
+    weight_dropout: float = 0.0
     epochs: int = 100
     patience: int = 10
     learning_rate: float = 5e-3
@@ -146,10 +149,17 @@ def check_settings(settings: CompareSettings) -> None:
             f"invalid learning rate {settings.learning_rate}: expected a positive "
             "number"
         )
-    if not 0.0 <= settings.dropout < 1.0:
-        raise ValueError(
-            f"invalid dropout {settings.dropout}: expected 0 <= dropout < 1"
-        )
+    probabilities = [
+        ("dropout", settings.dropout),
+        ("recurrent dropout", settings.recurrent_dropout),
+        ("zoneout", settings.zoneout),
+        ("weight dropout", settings.weight_dropout),
+    ]
+    for label, value in probabilities:
+        if not 0.0 <= value < 1.0:
+            raise ValueError(
+                f"invalid {label} {value}: expected a probability 0 <= p < 1"
+            )
     if settings.strategy not in STRATEGIES:
         raise ValueError(
             f"invalid strategy {settings.strategy!r}: expected one of "
@@ -295,6 +305,9 @@ def train_model(
             hidden_size=settings.hidden_size,
             num_layers=settings.num_layers,
             dropout=settings.dropout,
+            recurrent_dropout=settings.recurrent_dropout,
+            zoneout=settings.zoneout,
+            weight_dropout=settings.weight_dropout,
         )
     )
     if run_state is None:

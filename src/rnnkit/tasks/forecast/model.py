@@ -26,6 +26,10 @@ class ModelConfig:
     hidden_size: int = 32
     num_layers: int = 1
     dropout: float = 0.0
+    # The regularisers of rnnkit's layers, active in training only.
+    recurrent_dropout: float = 0.0
+    zoneout: float = 0.0
+    weight_dropout: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -60,6 +64,9 @@ class Forecaster(nn.Module):
             num_layers=config.num_layers,
             dropout=dropout,
             batch_first=True,
+            recurrent_dropout=config.recurrent_dropout,
+            zoneout=config.zoneout,
+            weight_dropout=config.weight_dropout,
         )
         outputs = config.horizon if config.strategy == "direct" else config.input_size
         self.head = nn.Linear(config.hidden_size, outputs)
