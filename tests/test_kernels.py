@@ -211,17 +211,20 @@ def test_fused_all_lengths_zero(cell):
     )
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("cell", ["RNN", "GRU", "LSTM"])
-def test_fused_large_hidden_uses_matmul(cell):
-    # Sizes past the plain-loop threshold take at::mm and split rows on threads.
+def test_fused_large_sizes_take_threaded_paths(cell, dtype):
+    # Each step's product (48 x 300 x 300 and more) splits its columns across
+    # threads, and the one-off products (input projection, weight gradients)
+    # pass the size at which they go to at::mm.
     torch.manual_seed(0)
-    layer = LAYERS[cell](16, 70, bidirectional=True)
+    layer = LAYERS[cell](200, 300, bidirectional=True, dtype=dtype)
 
     def make_input():
         torch.manual_seed(1)
-        return torch.randn(6, 40, 16, requires_grad=True), None
+        return torch.randn(3, 48, 200, dtype=dtype, requires_grad=True), None
 
-    assert_backends_agree(layer, make_input, torch.float32)
+    assert_backends_agree(layer, make_input, dtype)
 
 
 @pytest.mark.parametrize("cell", ["RNN", "GRU", "LSTM"])

@@ -131,42 +131,155 @@ struct Steps {
   }
 };
 
-// A product below this many multiply-adds runs as a plain loop, because the
-// call overhead of at::mm (a few microseconds) would dominate it.
-// NOTE: both thresholds come from measurements on one 2-core AVX-512 AMD
-// machine (MKL GEMM), under load; other CPUs may prefer other values.
-constexpr int64_t kSmallProduct = 32 * 1024;
+// The products inside the step loop run on a register-blocked GEMM written
+// here, not on at::mm: at these sizes (a few rows, tens to hundreds of
+// columns) MKL's call overhead and its thread start-up cost more than the
+// arithmetic, and a thread of MKL that the OS deschedules stalls the whole
+// product. Above kParallelProduct multiply-adds, the columns are split
+// across torch's intra-op threads.
+// NOTE: the thresholds come from measurements on one 2-core AVX-512 AMD
+// machine (torch 2.13 with MKL), under load; other CPUs may prefer others.
+constexpr int64_t kParallelProduct = 4 * 1024 * 1024;
+// One-off products (input projection, input and weight gradients) above this
+// many multiply-adds go to at::mm, whose packed GEMM is faster there.
+constexpr int64_t kLibraryProduct = 8 * 1024 * 1024;
 
-// out[r, :] (+)= sum_k a[r, k] * w[k, :] for r < rows, where w is (K, M)
-// row-major; lda and ldo are the row strides of a and out.
+#if defined(__AVX512F__)
+constexpr int kVectorBytes = 64;
+#else
+constexpr int kVectorBytes = 32;
+#endif
+
 template <typename T>
-void small_matmul(const T* a, int64_t lda, int64_t rows, int64_t K, const T* w,
-                  int64_t M, T* out, int64_t ldo, bool accumulate) {
-  for (int64_t r = 0; r < rows; ++r) {
-    T* __restrict o = out + r * ldo;
-    if (!accumulate) {
-      for (int64_t m = 0; m < M; ++m) o[m] = T(0);
+struct Vector;
+template <>
+struct Vector<float> {
+  typedef float Type __attribute__((vector_size(kVectorBytes)));
+  static constexpr int64_t kLanes = kVectorBytes / sizeof(float);
+};
+template <>
+struct Vector<double> {
+  typedef double Type __attribute__((vector_size(kVectorBytes)));
+  static constexpr int64_t kLanes = kVectorBytes / sizeof(double);
+};
+
+template <typename V, typename T>
+inline __attribute__((always_inline)) V load_vector(const T* source) {
+  V value;
+  std::memcpy(&value, source, sizeof(V));
+  return value;
+}
+
+template <typename V, typename T>
+inline __attribute__((always_inline)) void store_vector(T* target, const V& value) {
+  std::memcpy(target, &value, sizeof(V));
+}
+
+// A view of a matrix by its element strides, so that one GEMM serves both
+// a @ w and a^T @ b (the weight gradients) without a transposed copy.
+template <typename T>
+struct Strided {
+  const T* data;
+  int64_t row_stride, column_stride;
+  const T& at(int64_t row, int64_t column) const {
+    return data[row * row_stride + column * column_stride];
+  }
+};
+
+// out[R rows, V vectors of columns] (+)= a[R rows, :K] @ w[:K, the columns],
+// with the R x V accumulators in registers.
+template <typename T, int R, int V>
+inline __attribute__((always_inline)) void gemm_block(Strided<T> a, int64_t K, const T* w,
+                                                      int64_t ldw, T* out, int64_t ldo,
+                                                      bool accumulate) {
+  using Vec = typename Vector<T>::Type;
+  constexpr int64_t L = Vector<T>::kLanes;
+  Vec sums[R][V];
+  for (int r = 0; r < R; ++r) {
+    for (int v = 0; v < V; ++v) {
+      sums[r][v] = accumulate ? load_vector<Vec>(out + r * ldo + v * L) : Vec{};
     }
-    const T* a_row = a + r * lda;
-    for (int64_t k = 0; k < K; ++k) {
-      const T value = a_row[k];
-      const T* __restrict w_row = w + k * M;
-      for (int64_t m = 0; m < M; ++m) o[m] += value * w_row[m];
+  }
+  for (int64_t k = 0; k < K; ++k) {
+    Vec w_k[V];
+    for (int v = 0; v < V; ++v) w_k[v] = load_vector<Vec>(w + k * ldw + v * L);
+    for (int r = 0; r < R; ++r) {
+      const T value = a.at(r, k);
+      for (int v = 0; v < V; ++v) sums[r][v] += value * w_k[v];
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    for (int v = 0; v < V; ++v) store_vector(out + r * ldo + v * L, sums[r][v]);
+  }
+}
+
+// Columns [column, column + V * lanes) of every row, four rows at a time.
+template <typename T, int V>
+void gemm_columns(Strided<T> a, int64_t rows, int64_t K, const T* w, int64_t ldw,
+                  T* out, int64_t ldo, bool accumulate) {
+  int64_t r = 0;
+  for (; r + 4 <= rows; r += 4) {
+    const Strided<T> block{&a.at(r, 0), a.row_stride, a.column_stride};
+    gemm_block<T, 4, V>(block, K, w, ldw, out + r * ldo, ldo, accumulate);
+  }
+  for (; r < rows; ++r) {
+    const Strided<T> block{&a.at(r, 0), a.row_stride, a.column_stride};
+    gemm_block<T, 1, V>(block, K, w, ldw, out + r * ldo, ldo, accumulate);
+  }
+}
+
+// out[:, begin:end] (+)= a @ w[:, begin:end] for a (rows, K) and w (K, M) with
+// unit column stride; begin is a multiple of the vector width.
+template <typename T>
+void gemm_range(Strided<T> a, int64_t rows, int64_t K, const T* w, int64_t ldw, T* out,
+                int64_t ldo, bool accumulate, int64_t begin, int64_t end) {
+  constexpr int64_t L = Vector<T>::kLanes;
+  int64_t j = begin;
+  for (; j + 4 * L <= end; j += 4 * L) {
+    gemm_columns<T, 4>(a, rows, K, w + j, ldw, out + j, ldo, accumulate);
+  }
+  for (; j + L <= end; j += L) {
+    gemm_columns<T, 1>(a, rows, K, w + j, ldw, out + j, ldo, accumulate);
+  }
+  for (; j < end; ++j) {
+    for (int64_t r = 0; r < rows; ++r) {
+      T sum = accumulate ? out[r * ldo + j] : T(0);
+      for (int64_t k = 0; k < K; ++k) sum += a.at(r, k) * w[k * ldw + j];
+      out[r * ldo + j] = sum;
     }
   }
 }
 
+template <typename T>
+void gemm(Strided<T> a, int64_t rows, int64_t K, const T* w, int64_t ldw, int64_t M,
+          T* out, int64_t ldo, bool accumulate) {
+  if (rows == 0 || M == 0) return;
+  constexpr int64_t L = Vector<T>::kLanes;
+  const int64_t work = rows * K * M;
+  if (work < kParallelProduct || at::get_num_threads() == 1) {
+    gemm_range<T>(a, rows, K, w, ldw, out, ldo, accumulate, 0, M);
+    return;
+  }
+  // Chunks of four vectors of columns, so each thread runs full blocks.
+  const int64_t chunk = 4 * L;
+  const int64_t chunks = (M + chunk - 1) / chunk;
+  at::parallel_for(0, chunks, 1, [&](int64_t first, int64_t last) {
+    gemm_range<T>(a, rows, K, w, ldw, out, ldo, accumulate, first * chunk,
+                  std::min(M, last * chunk));
+  });
+}
+
 // out (+)= a @ w with a (rows, K) and w (K, M) given as tensor views; w_rows is
-// the contiguous (K, M) copy used by the plain loop.
+// the contiguous (K, M) copy that the hand-written GEMM reads.
 template <typename T>
 void matmul(const Tensor& a, const Tensor& w, const Tensor& w_rows, Tensor out,
             bool accumulate) {
   const int64_t rows = a.size(0), K = a.size(1), M = w.size(1);
   if (rows == 0) return;
-  if (rows * K * M <= kSmallProduct) {
-    small_matmul<T>(a.const_data_ptr<T>(), a.stride(0), rows, K,
-                    w_rows.const_data_ptr<T>(), M, out.mutable_data_ptr<T>(),
-                    out.stride(0), accumulate);
+  if (rows * K * M <= kLibraryProduct && out.stride(1) == 1) {
+    gemm<T>({a.const_data_ptr<T>(), a.stride(0), a.stride(1)}, rows, K,
+            w_rows.const_data_ptr<T>(), M, M, out.mutable_data_ptr<T>(), out.stride(0),
+            accumulate);
   } else if (accumulate) {
     out.addmm_(a, w);
   } else {
@@ -174,34 +287,25 @@ void matmul(const Tensor& a, const Tensor& w, const Tensor& w_rows, Tensor out,
   }
 }
 
-// The same product on rows [a_row, a_row + rows) of a and [out_row, ...) of
-// out. The plain-loop path reads the data pointers directly, so that a small
-// step creates no tensor views.
+// The product of one step: rows [a_row, a_row + rows) of a times w (K, M),
+// given as its contiguous copy w_rows, into rows [out_row, ...) of out. It
+// reads the data pointers directly, so a step creates no tensor views.
 template <typename T>
-void matmul_rows(const Tensor& a, int64_t a_row, int64_t rows, const Tensor& w,
-                 const Tensor& w_rows, Tensor& out, int64_t out_row, bool accumulate) {
-  const int64_t K = a.size(1), M = w.size(1);
+void matmul_rows(const Tensor& a, int64_t a_row, int64_t rows, const Tensor& w_rows,
+                 Tensor& out, int64_t out_row, bool accumulate) {
+  const int64_t K = a.size(1), M = w_rows.size(1);
   if (rows == 0) return;
-  if (rows * K * M <= kSmallProduct) {
-    small_matmul<T>(a.const_data_ptr<T>() + a_row * a.stride(0), a.stride(0), rows, K,
-                    w_rows.const_data_ptr<T>(), M,
-                    out.mutable_data_ptr<T>() + out_row * out.stride(0), out.stride(0),
-                    accumulate);
-    return;
-  }
-  matmul<T>(a.narrow(0, a_row, rows), w, w_rows, out.narrow(0, out_row, rows),
-            accumulate);
+  gemm<T>({a.const_data_ptr<T>() + a_row * a.stride(0), a.stride(0), a.stride(1)}, rows,
+          K, w_rows.const_data_ptr<T>(), M, M,
+          out.mutable_data_ptr<T>() + out_row * out.stride(0), out.stride(0), accumulate);
 }
 
-// out (+)= a^T @ b with a (N, K) and b (N, M), both row-major with unit
-// column stride: the weight gradients, summed over packed rows. Products up
-// to 8 * kSmallProduct run as a plain loop, because at::addmm_ on a
-// transposed view measured slower up to that size.
+// out (+)= a^T @ b with a (N, K) and b (N, M): the weight gradients, summed
+// over packed rows. out must be contiguous.
 template <typename T>
 void matmul_transposed(const Tensor& a, const Tensor& b, Tensor out, bool accumulate) {
   const int64_t rows = a.size(0), K = a.size(1), M = b.size(1);
-  if (rows * K * M > 8 * kSmallProduct || a.stride(1) != 1 || b.stride(1) != 1 ||
-      !out.is_contiguous()) {
+  if (rows * K * M > kLibraryProduct || b.stride(1) != 1 || !out.is_contiguous()) {
     if (accumulate) {
       out.addmm_(a.t(), b);
     } else {
@@ -209,21 +313,9 @@ void matmul_transposed(const Tensor& a, const Tensor& b, Tensor out, bool accumu
     }
     return;
   }
-  T* o = out.mutable_data_ptr<T>();
-  if (!accumulate) {
-    for (int64_t index = 0; index < K * M; ++index) o[index] = T(0);
-  }
-  const T* a_data = a.const_data_ptr<T>();
-  const T* b_data = b.const_data_ptr<T>();
-  for (int64_t r = 0; r < rows; ++r) {
-    const T* a_row = a_data + r * a.stride(0);
-    const T* __restrict b_row = b_data + r * b.stride(0);
-    for (int64_t k = 0; k < K; ++k) {
-      const T value = a_row[k];
-      T* __restrict o_row = o + k * M;
-      for (int64_t m = 0; m < M; ++m) o_row[m] += value * b_row[m];
-    }
-  }
+  // Row k of a^T is column k of a.
+  gemm<T>({a.const_data_ptr<T>(), a.stride(1), a.stride(0)}, K, rows,
+          b.const_data_ptr<T>(), b.stride(0), M, out.mutable_data_ptr<T>(), M, accumulate);
 }
 
 // Run fn(begin, end) over rows, split across torch's intra-op threads when the
@@ -332,7 +424,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> forward_impl(
   }
   Tensor output = at::empty({N, H_out}, x.options());
   Tensor xg = lstm || gru ? at::empty({N, GH}, x.options()) : output;
-  if (N * GH * x.size(1) <= kSmallProduct) {
+  if (N * GH * x.size(1) <= kLibraryProduct) {
     if (bias.defined()) {
       xg.copy_(bias.unsqueeze(0).expand({N, GH}));
     } else {
@@ -373,7 +465,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> forward_impl(
   for (int64_t s = 0; s < steps.count; ++s) {
     const int64_t t = reverse ? steps.count - 1 - s : s;
     const int64_t rows = steps.sizes[t], offset = steps.offsets[t];
-    matmul_rows<T>(h, 0, rows, w_hh_t, w_hh_rows, hg, 0, false);
+    matmul_rows<T>(h, 0, rows, w_hh_rows, hg, 0, false);
 
     for_rows(rows, GH, [&](int64_t begin, int64_t end) {
       for (int64_t b = begin; b < end; ++b) {
@@ -403,7 +495,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> forward_impl(
     });
 
     if (projected) {
-      matmul_rows<T>(m, 0, rows, w_hr_t, w_hr_rows, h, 0, false);
+      matmul_rows<T>(m, 0, rows, w_hr_rows, h, 0, false);
       std::memcpy(out_data + offset * H_out, h_data, rows * H_out * sizeof(T));
     }
   }
@@ -584,7 +676,7 @@ Gradients backward_impl(Mode mode, const Tensor& grad_output, const Tensor& grad
                   H_out, dh_data);
     }
     if (projected) {
-      matmul_rows<T>(dh, 0, rows, w.w_hr, w_hr_rows, dm, 0, false);
+      matmul_rows<T>(dh, 0, rows, w_hr_rows, dm, 0, false);
     }
 
     for_rows(rows, GH, [&](int64_t begin, int64_t end) {
@@ -614,9 +706,9 @@ Gradients backward_impl(Mode mode, const Tensor& grad_output, const Tensor& grad
     // The GRU's gate loop already stored d * z, the part of dL/dh_{t-1} that
     // bypasses W_hh, so its product adds to dh.
     if (gru) {
-      matmul_rows<T>(dgates_step, 0, rows, w_hh_rows, w_hh_rows, dh, 0, true);
+      matmul_rows<T>(dgates_step, 0, rows, w_hh_rows, dh, 0, true);
     } else {
-      matmul_rows<T>(dgates, offset, rows, w_hh_rows, w_hh_rows, dh, 0, false);
+      matmul_rows<T>(dgates, offset, rows, w_hh_rows, dh, 0, false);
     }
   }
 

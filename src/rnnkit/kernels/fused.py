@@ -38,7 +38,12 @@ def _build_flags() -> tuple[str, list[str]]:
     capability = torch.backends.cpu.get_cpu_capability()
     # Without trapping math, GCC vectorises the branch-free activations.
     flags = ["-O3", "-DNDEBUG", "-fno-trapping-math", "-fno-math-errno"]
-    if capability in ("AVX2", "AVX512"):
+    if capability == "AVX512":
+        # torch reports AVX512 only when the CPU has the F, BW, VL and DQ sets.
+        flags += ["-mavx2", "-mfma", "-mavx512f", "-mavx512bw", "-mavx512vl"]
+        flags += ["-mavx512dq"]
+        return "rnnkit_fused_avx512", flags
+    if capability == "AVX2":
         flags += ["-mavx2", "-mfma"]
         return "rnnkit_fused_avx2", flags
     return "rnnkit_fused_default", flags
