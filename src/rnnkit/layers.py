@@ -228,6 +228,18 @@ class RecurrentBase(nn.Module):
         generator: torch.Generator | None = None,
     ) -> tuple[Tensor, tuple[Tensor, ...]]:
         layer_input = layout.data
+        if self.num_layers == 1 and not self.bidirectional:
+            # The common case without the per-layer lists, which are a
+            # noticeable share of a short sequence's time.
+            output, final = self._run_direction(
+                0,
+                layer_input,
+                layout.batch_sizes,
+                tuple(s[0] for s in initial),
+                False,
+                generator,
+            )
+            return output, tuple(torch.stack((state,)) for state in final)
         finals: list[list[Tensor]] = [[] for _ in initial]
         for layer in range(self.num_layers):
             outputs = []
@@ -280,12 +292,41 @@ class RecurrentBase(nn.Module):
 
     def _direction_weights(self, index: int) -> tuple[Tensor | None, ...]:
         """Return (w_ih, w_hh, b_ih, b_hh, w_hr) of one layer and direction."""
-        names = self._all_weights[index]
-        suffix = names[0][len("weight_ih") :]
+        names = self._weight_names(index)
+        # A parameter is read from _parameters directly, which is what the
+        # attribute lookup does, at a fraction of its cost. Names found
+        # elsewhere (a parametrization, or a plain tensor set in its place)
+        # take the attribute lookup.
+        parameters = self._parameters
         return tuple(
-            getattr(self, kind + suffix, None)
-            for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
+            None
+            if name is None
+            else parameters[name]
+            if name in parameters
+            else getattr(self, name, None)
+            for name in names
         )
+
+    def _weight_names(self, index: int) -> tuple[str | None, ...]:
+        """Return the names of one direction's (w_ih, w_hh, b_ih, b_hh, w_hr).
+
+        A weight the layer does not have is None. The names are cached per
+        instance, because they never change after construction.
+        """
+        cache = self.__dict__.get("_weight_names_cache")
+        if cache is None:
+            cache = {}
+            self.__dict__["_weight_names_cache"] = cache
+        names = cache.get(index)
+        if names is None:
+            present = self._all_weights[index]
+            suffix = present[0][len("weight_ih") :]
+            kinds = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
+            names = tuple(
+                kind + suffix if kind + suffix in present else None for kind in kinds
+            )
+            cache[index] = names
+        return names
 
     # Input checks.
 

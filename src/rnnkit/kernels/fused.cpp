@@ -132,9 +132,9 @@ struct Steps {
 };
 
 // The products inside the step loop run on a register-blocked GEMM written
-// here, not on at::mm: at these sizes (a few rows, tens to hundreds of
-// columns) MKL's call overhead and its thread start-up cost more than the
-// arithmetic, and a thread of MKL that the OS deschedules stalls the whole
+// here, not on at::mm. At these sizes (a few rows, tens to hundreds of
+// columns) MKL's call overhead and thread start-up cost more than the
+// arithmetic. Under load, one descheduled MKL thread also stalls the whole
 // product. Above kParallelProduct multiply-adds, the columns are split
 // across torch's intra-op threads.
 // NOTE: the thresholds come from measurements on one 2-core AVX-512 AMD
