@@ -298,14 +298,15 @@ class RecurrentBase(nn.Module):
         # elsewhere (a parametrization, or a plain tensor set in its place)
         # take the attribute lookup.
         parameters = self._parameters
-        return tuple(
-            None
-            if name is None
-            else parameters[name]
-            if name in parameters
-            else getattr(self, name, None)
-            for name in names
-        )
+        weights = []
+        for name in names:
+            if name is None:
+                weights.append(None)
+            elif name in parameters:
+                weights.append(parameters[name])
+            else:
+                weights.append(getattr(self, name, None))
+        return tuple(weights)
 
     def _weight_names(self, index: int) -> tuple[str | None, ...]:
         """Return the names of one direction's (w_ih, w_hh, b_ih, b_hh, w_hr).

@@ -238,6 +238,10 @@ void gemm_range(Strided<T> a, int64_t rows, int64_t K, const T* w, int64_t ldw, 
   for (; j + 4 * L <= end; j += 4 * L) {
     gemm_columns<T, 4>(a, rows, K, w + j, ldw, out + j, ldo, accumulate);
   }
+  if (j + 2 * L <= end) {
+    gemm_columns<T, 2>(a, rows, K, w + j, ldw, out + j, ldo, accumulate);
+    j += 2 * L;
+  }
   for (; j + L <= end; j += L) {
     gemm_columns<T, 1>(a, rows, K, w + j, ldw, out + j, ldo, accumulate);
   }
@@ -313,9 +317,25 @@ void matmul_transposed(const Tensor& a, const Tensor& b, Tensor out, bool accumu
     }
     return;
   }
-  // Row k of a^T is column k of a.
-  gemm<T>({a.const_data_ptr<T>(), a.stride(1), a.stride(0)}, K, rows,
-          b.const_data_ptr<T>(), b.stride(0), M, out.mutable_data_ptr<T>(), M, accumulate);
+  if (M >= K || a.stride(1) != 1) {
+    // Row k of a^T is column k of a.
+    gemm<T>({a.const_data_ptr<T>(), a.stride(1), a.stride(0)}, K, rows,
+            b.const_data_ptr<T>(), b.stride(0), M, out.mutable_data_ptr<T>(), M,
+            accumulate);
+    return;
+  }
+  // With b narrower than a (a weight gradient with few input features), the
+  // vectors run along the wider a: b^T @ a goes to a scratch (M, K) that is
+  // then added to out transposed.
+  std::vector<T> scratch(M * K);
+  gemm<T>({b.const_data_ptr<T>(), b.stride(1), b.stride(0)}, M, rows,
+          a.const_data_ptr<T>(), a.stride(0), K, scratch.data(), K, false);
+  T* o = out.mutable_data_ptr<T>();
+  for (int64_t k = 0; k < K; ++k) {
+    for (int64_t m = 0; m < M; ++m) {
+      o[k * M + m] = (accumulate ? o[k * M + m] : T(0)) + scratch[m * K + k];
+    }
+  }
 }
 
 // Run fn(begin, end) over rows, split across torch's intra-op threads when the
