@@ -100,6 +100,6 @@ def test_bench_rejects_missing_output_directory(tmp_path, capsys):
     code = main([*ARGS, "--cells", "RNN", "--output", str(target)])
     assert code == 2
     error = capsys.readouterr().err
-    assert f"output directory {target.parent} does not exist" in error
+    assert f"directory {target.parent} not found" in error
     # The check comes before any case runs.
     assert "ratio" not in error

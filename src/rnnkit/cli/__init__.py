@@ -2,8 +2,9 @@
 
 Each command lives in its own module, which exposes ``register(subparsers)``.
 A command's handler returns an exit code. Errors that the user can fix
-(``ValueError``, ``OSError``) become one line on stderr and exit code 2;
-anything else is a bug and keeps its traceback.
+(``ValueError``, ``OSError``, an allocation too large for the machine) become
+one line on stderr and exit code 2. Anything else is a bug and keeps its
+traceback.
 """
 
 from __future__ import annotations
@@ -48,6 +49,19 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.handler(args) or 0)
     except (ValueError, OSError) as error:
         print(f"rnnkit: error: {error}", file=sys.stderr)
+        return 2
+    except (MemoryError, RuntimeError) as error:
+        # An allocation too large for this machine (a huge --hidden-size, say)
+        # is a setting the user can change; any other RuntimeError is a bug.
+        if isinstance(error, RuntimeError) and "can't allocate memory" not in str(
+            error
+        ):
+            raise
+        print(
+            "rnnkit: error: out of memory; choose smaller sizes "
+            f"({' '.join(str(error).split())[:200]})",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         print("rnnkit: interrupted", file=sys.stderr)

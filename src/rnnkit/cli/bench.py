@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from rnnkit.cli.paths import check_output_file
 from rnnkit.kernels import benchmark
 
 
@@ -91,11 +92,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"expected --repeats greater than zero, got {args.repeats}")
     if args.warmup < 0:
         raise ValueError(f"expected --warmup of zero or more, got {args.warmup}")
-    if not args.output.parent.is_dir():
-        raise ValueError(
-            f"output directory {args.output.parent} does not exist; create it or "
-            "pass another --output"
-        )
+    check_output_file(args.output, "--output")
     cells = [cell.strip().upper() for cell in args.cells.split(",") if cell.strip()]
     passes = [p.strip().lower() for p in args.passes.split(",") if p.strip()]
     cases = benchmark.make_cases(

@@ -11,9 +11,9 @@ import csv
 import io
 import json
 import sys
-from pathlib import Path
 from typing import TextIO
 
+from rnnkit.cli.paths import check_input_file, check_output_file, output_directory
 from rnnkit.cli.text_options import add_model_options
 from rnnkit.tasks.text.checkpoint import write_atomically
 from rnnkit.tasks.text.classifier import (
@@ -152,7 +152,7 @@ def _load_data(
     if args.data is None:
         return load_builtin_digits()
     return read_sequences(
-        args.data,
+        check_input_file(args.data),
         sequence_column=args.sequence_column,
         label_column=args.label_column,
         require_labels=require_labels,
@@ -186,17 +186,15 @@ def run_train_command(args: argparse.Namespace) -> int:
     check_labels(data)
     split_rows(len(data.sequences), settings)
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    checkpoint_path = out / CHECKPOINT_NAME
-    progress = None if args.quiet else EpochPrinter(sys.stderr)
-    _, _, result = train_classifier(
-        data, config, settings, progress=progress, checkpoint_path=checkpoint_path
-    )
-
-    summary = {"data": data.source, "kind": data.kind, **result.to_dict()}
-    text = json.dumps(summary, indent=2) + "\n"
-    write_atomically(out / RESULTS_NAME, lambda file: file.write(text.encode()))
+    with output_directory(args.out) as out:
+        checkpoint_path = out / CHECKPOINT_NAME
+        progress = None if args.quiet else EpochPrinter(sys.stderr)
+        _, _, result = train_classifier(
+            data, config, settings, progress=progress, checkpoint_path=checkpoint_path
+        )
+        summary = {"data": data.source, "kind": data.kind, **result.to_dict()}
+        text = json.dumps(summary, indent=2) + "\n"
+        write_atomically(out / RESULTS_NAME, lambda file: file.write(text.encode()))
     print(
         f"trained on {result.split['train']} sequences, stopped by "
         f"{result.stop_reason} at epoch {result.epochs} (best {result.best_epoch}) "
@@ -208,6 +206,7 @@ def run_train_command(args: argparse.Namespace) -> int:
 
 
 def run_predict_command(args: argparse.Namespace) -> int:
+    check_output_file(args.out, "--out")
     model, encoder, classes, payload = load_classifier(args.checkpoint)
     data = _load_data(args, require_labels=False, kind=encoder.kind)
     if data.kind != encoder.kind:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TextIO
 
 from rnnkit import distributed
+from rnnkit.cli.paths import check_input_file
 from rnnkit.cli.text_options import add_model_options
 from rnnkit.resume import RunCheckpoint
 from rnnkit.tasks.text.checkpoint import write_atomically
@@ -51,7 +52,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "train",
         help="train a language model and write its checkpoint",
         description="Train a character language model on a text file by truncated "
-        "backpropagation through time. The last 10%% of the text is held out for "
+        "backpropagation through time. The last 10% of the text is held out for "
         "validation, which drives early stopping; the checkpoint holds the "
         "weights of the lowest validation loss.",
     )
@@ -221,12 +222,14 @@ def run_train_command(args: argparse.Namespace) -> int:
     )
 
     # Check the data and settings before any file is created.
-    corpus = read_corpus(args.data, byte_level=args.bytes)
+    corpus = read_corpus(check_input_file(args.data), byte_level=args.bytes)
     prepared = prepare_text(corpus, settings)
     config.vocab_size = len(prepared.vocabulary)
     config.check()
 
     out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; expected a directory")
     run_settings = {
         "data": str(args.data),
         "bytes": args.bytes,
