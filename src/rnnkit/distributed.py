@@ -28,7 +28,6 @@ import math
 import os
 import socket
 import sys
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +35,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
+
+from rnnkit.files import save_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -239,33 +240,11 @@ def shard_range(count: int) -> range:
 
 
 def atomic_save(payload: object, path: str | Path) -> None:
-    """Write ``payload`` with ``torch.save`` to a temporary file beside ``path``,
-    flush it to disk, then rename it over ``path``.
-
-    A reader sees the previous file or the new one, never a half-written one,
-    even when the writer is killed. The temporary name starts with a dot and
-    ends in ``.tmp``, so it never matches ``path``. A writer killed before the
-    rename leaves that temporary file behind.
-    """
+    """Write ``payload`` with ``torch.save`` to ``path`` atomically, creating its
+    directory; see ``rnnkit.files.write_atomically``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(
-        dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"
-    )
-    try:
-        # mkstemp creates the file readable by its owner alone; give it the
-        # permissions of any other new file.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)
-        with os.fdopen(descriptor, "wb") as handle:
-            torch.save(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    save_atomically(payload, path)
 
 
 def save_on_main_process(payload: object, path: str | Path) -> None:

@@ -15,7 +15,7 @@ from typing import TextIO
 
 from rnnkit.cli.paths import check_input_file, check_output_file, output_directory
 from rnnkit.cli.text_options import add_model_options
-from rnnkit.tasks.text.checkpoint import write_atomically
+from rnnkit.files import write_atomically
 from rnnkit.tasks.text.classifier import (
     ClassifierSettings,
     EpochProgress,

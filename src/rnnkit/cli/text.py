@@ -17,8 +17,8 @@ from typing import TextIO
 from rnnkit import distributed
 from rnnkit.cli.paths import check_input_file
 from rnnkit.cli.text_options import add_model_options
+from rnnkit.files import write_atomically
 from rnnkit.resume import RunCheckpoint
-from rnnkit.tasks.text.checkpoint import write_atomically
 from rnnkit.tasks.text.language_model import (
     LN2,
     Progress,

@@ -15,12 +15,11 @@ only tensors, dicts, lists, strings, numbers, booleans and None. It contains
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 
+from rnnkit.files import save_atomically
 from rnnkit.tasks.forecast.model import Forecaster, ModelConfig
 from rnnkit.tasks.forecast.windows import Scaler
 
@@ -49,19 +48,8 @@ def checkpoint_payload(
 
 
 def save_checkpoint(payload: dict, path: str | Path) -> None:
-    """Write ``payload`` to ``path`` atomically: a temporary file in the same
-    directory, then a rename, so a reader never sees a half-written file."""
-    path = Path(path)
-    descriptor, temporary = tempfile.mkstemp(
-        dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"
-    )
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            torch.save(payload, handle)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    """Write ``payload`` to ``path`` atomically (``rnnkit.files``)."""
+    save_atomically(payload, path)
 
 
 def load_checkpoint(path: str | Path) -> tuple[Forecaster, dict]:

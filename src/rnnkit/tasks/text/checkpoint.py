@@ -17,16 +17,14 @@ plus task-specific entries (a classifier's classes and feature scaling).
 
 from __future__ import annotations
 
-import os
 import pickle
-import tempfile
 import zipfile
-from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
 
 import torch
 from torch import nn
+
+from rnnkit.files import write_atomically
 
 LANGUAGE_MODEL_FORMAT = "rnnkit-char-language-model"
 CLASSIFIER_FORMAT = "rnnkit-sequence-classifier"
@@ -51,27 +49,6 @@ def base_payload(format_name: str, model: nn.Module) -> dict:
 def save_checkpoint(payload: dict, path: str | Path) -> None:
     """Write ``payload`` to ``path`` atomically (see ``write_atomically``)."""
     write_atomically(path, lambda file: torch.save(payload, file))
-
-
-def write_atomically(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
-    """Create or replace ``path`` with what ``write`` writes to a binary file.
-
-    The data goes to a temporary file in the same directory, which then
-    replaces ``path`` in one ``os.replace``, so a reader sees the old file or
-    the new one and never a half-written one. On an error the temporary file
-    is removed and ``path`` is left as it was.
-    """
-    path = Path(path)
-    descriptor, temporary = tempfile.mkstemp(
-        dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"
-    )
-    try:
-        with os.fdopen(descriptor, "wb") as file:
-            write(file)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def load_checkpoint(path: str | Path, format_name: str) -> dict:
