@@ -228,3 +228,16 @@ def test_train_rejects_single_class(tmp_path, capsys):
     code = main(["classify", "train", "--data", str(path), "--out", str(out)])
     assert_one_line_error(capsys, code, "at least 2 classes", "'x'")
     assert not out.exists()
+
+
+def test_predict_warns_of_labels_never_trained(trained, tmp_path, capsys):
+    data = tmp_path / "relabelled.csv"
+    data.write_text("line,kind\nKING RICHARD III:,king\nGood morrow.,speech\n")
+    out = tmp_path / "predictions.csv"
+    argv = ["classify", "predict", "--checkpoint", str(trained / "classifier.pt")]
+    argv += ["--data", str(data), "--sequence-column", "line"]
+    argv += ["--label-column", "kind", "--out", str(out)]
+    assert main(argv) == 0
+    error = capsys.readouterr().err
+    assert "1 label(s) in the data were not among the classes" in error
+    assert "speaker, speech): king" in error

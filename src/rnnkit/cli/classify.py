@@ -233,6 +233,15 @@ def run_predict_command(args: argparse.Namespace) -> int:
 
     print(f"predicted {len(predicted)} sequences; wrote {args.out}")
     if data.labels is not None:
+        unknown = sorted({str(label) for label in data.labels} - set(map(str, classes)))
+        if unknown:
+            # The model can never predict these, so they count as errors.
+            print(
+                f"warning: {len(unknown)} label(s) in the data were not among the "
+                f"classes the model was trained on ({', '.join(map(str, classes))}): "
+                f"{', '.join(unknown[:10])}",
+                file=sys.stderr,
+            )
         majority = payload["result"]["test"]["majority_class"]
         evaluation = score(data.labels, predicted, classes, majority)
         print(format_evaluation(evaluation, "given"))
