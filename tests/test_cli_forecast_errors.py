@@ -35,7 +35,7 @@ CASES = {
     "non-numeric value": (replace_row(5, "2000-06-01,twelve"), [],
                           "'twelve' on line 7"),
     "missing value": (replace_row(5, "2000-06-01,"), [],
-                      "missing values (lines 7)"),
+                      "1 missing value (lines 7)"),
     "unparseable date": (replace_row(5, "June 2000?,105"), [],
                          "not dates ('June 2000?' on line 7)"),
     "duplicated date": (replace_row(5, "2000-05-01,105"), [],

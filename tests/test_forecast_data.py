@@ -114,7 +114,7 @@ def test_infinite_value_is_rejected(tmp_path):
 def test_missing_values_name_lines_and_fix(tmp_path):
     path = write(tmp_path, "date,a\n2000-01-01,1\n2000-01-02,\n2000-01-03,3\n")
 
-    with pytest.raises(ValueError, match=r"missing values \(lines 3\).*--fill"):
+    with pytest.raises(ValueError, match=r"has 1 missing value \(lines 3\).*--fill"):
         load_series(path)
 
 

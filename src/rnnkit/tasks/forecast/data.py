@@ -198,9 +198,11 @@ def _parse_values(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
                 f"{value!r} on line {_line(row)}"
                 for row, value in text[invalid].head(3).items()
             )
+            count = int(invalid.sum())
             raise ValueError(
-                f"column {name!r} has {int(invalid.sum())} non-numeric values "
-                f"({examples}); expected finite numbers"
+                f"column {name!r} has {count} non-numeric "
+                f"{'value' if count == 1 else 'values'} ({examples}); expected "
+                "finite numbers"
             )
         values[name] = numbers.astype(np.float64)
     return pd.DataFrame(values)
@@ -268,7 +270,8 @@ def _handle_missing(
         name = missing.any().idxmax()
         count = int(missing[name].sum())
         raise ValueError(
-            f"column {name!r} has {count} missing values (lines "
+            f"column {name!r} has {count} missing "
+            f"{'value' if count == 1 else 'values'} (lines "
             f"{_lines(missing[name])}); fill them with --fill ffill or "
             "--fill interpolate, or remove those rows"
         )
