@@ -227,6 +227,33 @@ def test_fused_large_sizes_take_threaded_paths(cell, dtype):
     assert_backends_agree(layer, make_input, dtype)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_fused_lstm_split_step_matches(dtype, bidirectional):
+    # 8 or more rows x 96 units x 384 gate columns is past the size at which
+    # an LSTM step splits its hidden units across two threads. With lengths,
+    # the last step has 6 rows and runs unsplit, so both paths meet.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        torch.manual_seed(0)
+        layer = rnnkit.LSTM(8, 96, bidirectional=bidirectional, dtype=dtype)
+        lengths = torch.tensor([5, 5, 5, 5, 5, 5, 4, 4, 3, 3, 2, 2, 2, 1, 1, 0])
+
+        def make_input():
+            torch.manual_seed(1)
+            x = torch.randn(5, 16, 8, dtype=dtype, requires_grad=True)
+            directions = 2 if bidirectional else 1
+            h0 = torch.randn(directions, 16, 96, dtype=dtype, requires_grad=True)
+            c0 = torch.randn(directions, 16, 96, dtype=dtype, requires_grad=True)
+            return x, (h0, c0)
+
+        assert_backends_agree(layer, make_input, dtype)
+        assert_backends_agree(layer, make_input, dtype, lengths=lengths)
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.mark.parametrize("cell", ["RNN", "GRU", "LSTM"])
 def test_fused_expanded_output_gradient(cell):
     # output.sum() sends an expanded gradient with strides (0, 0).

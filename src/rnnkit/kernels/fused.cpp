@@ -131,15 +131,23 @@ struct Steps {
   }
 };
 
-// The products inside the step loop run on a register-blocked GEMM written
-// here, not on at::mm. At these sizes (a few rows, tens to hundreds of
-// columns) MKL's call overhead and thread start-up cost more than the
-// arithmetic. Under load, one descheduled MKL thread also stalls the whole
-// product. Above kParallelProduct multiply-adds, the columns are split
-// across torch's intra-op threads.
-// NOTE: the thresholds come from measurements on one 2-core AVX-512 AMD
-// machine (torch 2.13 with MKL), under load; other CPUs may prefer others.
+// Small and medium products run on a register-blocked GEMM written here,
+// not on at::mm. At these sizes (a few rows, tens to hundreds of columns)
+// MKL's call overhead and thread start-up cost more than the arithmetic.
+// Under load, one descheduled MKL thread also stalls the whole product.
+// NOTE: the thresholds below come from measurements on one 2-core AVX-512
+// AMD machine (torch 2.13 with MKL); other CPUs may prefer other values.
+
+// From this many multiply-adds up, this GEMM splits its columns across
+// torch's intra-op threads.
 constexpr int64_t kParallelProduct = 4 * 1024 * 1024;
+// A step product of at least this many multiply-adds goes to at::mm, whose
+// packed, threaded GEMM measured 10% to 15% faster there than this one.
+constexpr int64_t kStepLibraryProduct = 4 * 1024 * 1024;
+// An LSTM step from this many multiply-adds up splits its hidden units across
+// threads, in slices of at least kSplitUnits units.
+constexpr int64_t kSplitStep = 256 * 1024;
+constexpr int64_t kSplitUnits = 16;
 // One-off products (input projection, input and weight gradients) above this
 // many multiply-adds go to at::mm, whose packed GEMM is faster there.
 constexpr int64_t kLibraryProduct = 8 * 1024 * 1024;
@@ -299,6 +307,15 @@ void matmul_rows(const Tensor& a, int64_t a_row, int64_t rows, const Tensor& w_r
                  Tensor& out, int64_t out_row, bool accumulate) {
   const int64_t K = a.size(1), M = w_rows.size(1);
   if (rows == 0) return;
+  if (rows * K * M >= kStepLibraryProduct) {
+    Tensor target = out.narrow(0, out_row, rows);
+    if (accumulate) {
+      target.addmm_(a.narrow(0, a_row, rows), w_rows);
+    } else {
+      at::mm_out(target, a.narrow(0, a_row, rows), w_rows);
+    }
+    return;
+  }
   gemm<T>({a.const_data_ptr<T>() + a_row * a.stride(0), a.stride(0), a.stride(1)}, rows,
           K, w_rows.const_data_ptr<T>(), M, M,
           out.mutable_data_ptr<T>() + out_row * out.stride(0), out.stride(0), accumulate);
@@ -373,11 +390,11 @@ __attribute__((noinline)) void rnn_row(Mode mode, int64_t H, const T* __restrict
 }
 
 template <typename T, bool kSave>
-__attribute__((noinline)) void lstm_row(int64_t H, const T* __restrict xg,
+__attribute__((noinline)) void lstm_row(int64_t H, int64_t units, const T* __restrict xg,
                                         const T* __restrict hg, T* __restrict act,
                                         T* __restrict c, T* __restrict h,
                                         T* __restrict out) {
-  for (int64_t j = 0; j < H; ++j) {
+  for (int64_t j = 0; j < units; ++j) {
     const T i = Math<T>::sigmoid(xg[j] + hg[j]);
     const T f = Math<T>::sigmoid(xg[H + j] + hg[H + j]);
     const T g = Math<T>::tanh(xg[2 * H + j] + hg[2 * H + j]);
@@ -482,9 +499,46 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> forward_impl(
   T* ws_data = train ? workspace.mutable_data_ptr<T>() : nullptr;
   T* act_data = act.defined() ? act.mutable_data_ptr<T>() : nullptr;
 
+  // An LSTM step of medium size runs in one parallel region: each thread
+  // computes the four gate columns of its slice of hidden units, then that
+  // slice's gates. Every thread's product reads all of h, so the new state
+  // goes to h_next and is copied to h after the region.
+  const bool split = lstm && !projected && at::get_num_threads() > 1 &&
+                     B * H * GH >= kSplitStep && B * H * GH < kStepLibraryProduct;
+  Tensor h_next = split ? at::empty({B, H}, x.options()) : Tensor();
+  T* h_next_data = split ? h_next.mutable_data_ptr<T>() : nullptr;
+  const T* w_hh_data = w_hh_rows.const_data_ptr<T>();
+
   for (int64_t s = 0; s < steps.count; ++s) {
     const int64_t t = reverse ? steps.count - 1 - s : s;
     const int64_t rows = steps.sizes[t], offset = steps.offsets[t];
+    if (split && rows * H * GH >= kSplitStep) {
+      at::parallel_for(0, H, kSplitUnits, [&](int64_t first, int64_t last) {
+        const int64_t units = last - first;
+        const Strided<T> state{h_data, H, 1};
+        for (int64_t gate = 0; gate < 4; ++gate) {
+          const int64_t column = gate * H + first;
+          gemm_range<T>(state, rows, H, w_hh_data + column, GH, hg_data + column, GH,
+                        false, 0, units);
+        }
+        for (int64_t b = 0; b < rows; ++b) {
+          const T* xg_row = xg_data + (offset + b) * GH + first;
+          const T* hg_row = hg_data + b * GH + first;
+          T* out_row = out_data + (offset + b) * H + first;
+          T* c_row = c_data + b * H + first;
+          T* h_row = h_next_data + b * H + first;
+          if (train) {
+            T* ws_row = ws_data + (offset + b) * saved + first;
+            lstm_row<T, true>(H, units, xg_row, hg_row, ws_row, c_row, h_row, out_row);
+          } else {
+            T* act_row = act_data + b * GH + first;
+            lstm_row<T, false>(H, units, xg_row, hg_row, act_row, c_row, h_row, out_row);
+          }
+        }
+      });
+      std::memcpy(h_data, h_next_data, rows * H * sizeof(T));
+      continue;
+    }
     matmul_rows<T>(h, 0, rows, w_hh_rows, hg, 0, false);
 
     for_rows(rows, GH, [&](int64_t begin, int64_t end) {
@@ -498,9 +552,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> forward_impl(
           T* h_row = projected ? m_data + b * H : h_data + b * H_out;
           T* o_row = projected ? nullptr : out_row;
           if (train) {
-            lstm_row<T, true>(H, xg_row, hg_row, ws_row, c_data + b * H, h_row, o_row);
+            lstm_row<T, true>(H, H, xg_row, hg_row, ws_row, c_data + b * H, h_row, o_row);
           } else {
-            lstm_row<T, false>(H, xg_row, hg_row, ws_row, c_data + b * H, h_row, o_row);
+            lstm_row<T, false>(H, H, xg_row, hg_row, ws_row, c_data + b * H, h_row, o_row);
           }
         } else if (gru) {
           if (train) {
