@@ -431,3 +431,28 @@ def test_cell_bad_inputs_are_rejected():
         cell(torch.zeros(2, 3), (torch.zeros(3, 4), torch.zeros(3, 4)))
     with pytest.raises(TypeError, match="expected input of dtype torch.float32"):
         cell(torch.zeros(2, 3, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("torch_type", [nn.RNN, nn.LSTM, nn.GRU])
+def test_empty_batch_matches_torch(torch_type):
+    torch_layer = torch_type(4, 3, num_layers=2, bidirectional=True, batch_first=True)
+    layer = rnnkit.from_torch(torch_layer)
+    x = torch.zeros(0, 5, 4)
+    expected, expected_state = torch_layer(x)
+    output, state = layer(x)
+    assert output.shape == expected.shape == (0, 5, 6)
+    expected_states = (
+        expected_state if isinstance(expected_state, tuple) else (expected_state,)
+    )
+    states = state if isinstance(state, tuple) else (state,)
+    for actual, reference in zip(states, expected_states, strict=True):
+        assert actual.shape == reference.shape
+
+
+def test_zero_steps_return_initial_state():
+    # torch.nn raises for T = 0; rnnkit returns an empty output and h0.
+    layer = rnnkit.GRU(4, 3)
+    h0 = torch.randn(1, 2, 3)
+    output, h_n = layer(torch.zeros(0, 2, 4), h0)
+    assert output.shape == (0, 2, 3)
+    assert torch.equal(h_n, h0)

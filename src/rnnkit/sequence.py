@@ -62,11 +62,15 @@ class Layout:
 
 
 def from_padded(x: Tensor) -> Layout:
-    """Lay out a time-major padded batch (T, B, F) with every row of full length."""
+    """Lay out a time-major padded batch (T, B, F) with every row of full length.
+
+    An empty batch (B = 0) has no step to run, as in ``torch.nn``, which returns
+    an empty output for it.
+    """
     steps, batch = x.shape[0], x.shape[1]
     return Layout(
         data=x.reshape(steps * batch, x.shape[2]),
-        batch_sizes=[batch] * steps,
+        batch_sizes=[batch] * steps if batch else [],
         batch=batch,
         sorted_indices=None,
         unsorted_indices=None,
