@@ -97,3 +97,14 @@ def test_allocation_too_large_is_one_line(tmp_path, capsys):
     assert code == 2
     assert error.startswith("rnnkit: error: out of memory; choose smaller sizes")
     assert "\n" not in error
+
+
+def test_usage_error_is_one_line(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["compare", "--horizon", "abc"])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert error == (
+        "rnnkit: error: argument --horizon: invalid int value: 'abc' "
+        "(see 'rnnkit compare --help')\n"
+    )

@@ -24,10 +24,17 @@ COMMAND_MODULES = [
 ]
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """An argument parser that reports a usage error in one line."""
+
+    def error(self, message: str):
+        self.exit(2, f"rnnkit: error: {message} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from rnnkit import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="rnnkit",
         description="Train, compare, forecast and explain recurrent sequence models.",
     )
