@@ -215,8 +215,8 @@ def test_fused_all_lengths_zero(cell):
 @pytest.mark.parametrize("cell", ["RNN", "GRU", "LSTM"])
 def test_fused_large_sizes_take_threaded_paths(cell, dtype):
     # Each step's product (48 x 300 x 300 and more) splits its columns across
-    # threads, and the one-off products (input projection, weight gradients)
-    # pass the size at which they go to at::mm.
+    # threads, the input projection (inner dimension 200) runs on fused.cpp's
+    # GEMM, and the weight gradients pass the size at which they go to at::mm.
     torch.manual_seed(0)
     layer = LAYERS[cell](200, 300, bidirectional=True, dtype=dtype)
 
@@ -230,22 +230,23 @@ def test_fused_large_sizes_take_threaded_paths(cell, dtype):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("bidirectional", [False, True])
 def test_fused_lstm_split_step_matches(dtype, bidirectional):
-    # 8 or more rows x 96 units x 384 gate columns is past the size at which
-    # an LSTM step splits its hidden units across two threads. With lengths,
-    # the last step has 6 rows and runs unsplit, so both paths meet.
+    # 15 or more rows x 272 units x 1088 gate columns is past the size (4M
+    # multiply-adds) at which an LSTM step splits its hidden units across two
+    # threads. With lengths, the last step has 6 rows and runs unsplit, so
+    # both paths meet.
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
         torch.manual_seed(0)
-        layer = rnnkit.LSTM(8, 96, bidirectional=bidirectional, dtype=dtype)
+        layer = rnnkit.LSTM(8, 272, bidirectional=bidirectional, dtype=dtype)
         lengths = torch.tensor([5, 5, 5, 5, 5, 5, 4, 4, 3, 3, 2, 2, 2, 1, 1, 0])
 
         def make_input():
             torch.manual_seed(1)
             x = torch.randn(5, 16, 8, dtype=dtype, requires_grad=True)
             directions = 2 if bidirectional else 1
-            h0 = torch.randn(directions, 16, 96, dtype=dtype, requires_grad=True)
-            c0 = torch.randn(directions, 16, 96, dtype=dtype, requires_grad=True)
+            h0 = torch.randn(directions, 16, 272, dtype=dtype, requires_grad=True)
+            c0 = torch.randn(directions, 16, 272, dtype=dtype, requires_grad=True)
             return x, (h0, c0)
 
         assert_backends_agree(layer, make_input, dtype)

@@ -141,16 +141,27 @@ struct Steps {
 // From this many multiply-adds up, this GEMM splits its columns across
 // torch's intra-op threads.
 constexpr int64_t kParallelProduct = 4 * 1024 * 1024;
-// A step product of at least this many multiply-adds goes to at::mm, whose
-// packed, threaded GEMM measured 10% to 15% faster there than this one.
+// Forward steps always run on this GEMM: on two threads it reached 110G to
+// 115G multiply-adds per second for (64 x 256) @ (256 x 1024) and larger step
+// products, against 65G to 80G for at::mm (MKL). A backward step product of
+// at least this many multiply-adds still goes to at::mm. NOTE: on this GEMM,
+// whose sums run along K in one chain, a float32 weight gradient at
+// 48 x 300 x 300 differed from the reference path by 1.5e-5, just past the
+// 1e-5 that the tests allow.
 constexpr int64_t kStepLibraryProduct = 4 * 1024 * 1024;
 // An LSTM step from this many multiply-adds up splits its hidden units across
-// threads, in slices of at least kSplitUnits units.
-constexpr int64_t kSplitStep = 256 * 1024;
+// threads, in slices of at least kSplitUnits units. Smaller steps stay on one
+// thread, because waking the second thread for every step cost more than it
+// saved at (32 x 64) @ (64 x 256).
+constexpr int64_t kSplitStep = 4 * 1024 * 1024;
 constexpr int64_t kSplitUnits = 16;
 // One-off products (input projection, input and weight gradients) above this
-// many multiply-adds go to at::mm, whose packed GEMM is faster there.
+// many multiply-adds go to at::mm, whose packed GEMM is faster there, unless
+// they are products a @ w with an inner dimension of at least kOwnDepth. For
+// those, this GEMM on two threads measured 105G to 110G multiply-adds per
+// second against 72G to 99G for at::mm (MKL), e.g. (6400 x 128) @ (128 x 1024).
 constexpr int64_t kLibraryProduct = 8 * 1024 * 1024;
+constexpr int64_t kOwnDepth = 128;
 
 #if defined(__AVX512F__)
 constexpr int kVectorBytes = 64;
@@ -241,6 +252,17 @@ void gemm_columns(Strided<T> a, int64_t rows, int64_t K, const T* w, int64_t ldw
 template <typename T>
 void gemm_range(Strided<T> a, int64_t rows, int64_t K, const T* w, int64_t ldw, T* out,
                 int64_t ldo, bool accumulate, int64_t begin, int64_t end) {
+  // Many rows (an input projection) go in chunks, so that a chunk of a stays
+  // in cache while it meets every column.
+  constexpr int64_t kRowChunk = 64;
+  if (rows > kRowChunk) {
+    for (int64_t r = 0; r < rows; r += kRowChunk) {
+      const Strided<T> chunk{&a.at(r, 0), a.row_stride, a.column_stride};
+      gemm_range<T>(chunk, std::min(kRowChunk, rows - r), K, w, ldw, out + r * ldo, ldo,
+                    accumulate, begin, end);
+    }
+    return;
+  }
   constexpr int64_t L = Vector<T>::kLanes;
   int64_t j = begin;
   for (; j + 4 * L <= end; j += 4 * L) {
@@ -288,7 +310,7 @@ void matmul(const Tensor& a, const Tensor& w, const Tensor& w_rows, Tensor out,
             bool accumulate) {
   const int64_t rows = a.size(0), K = a.size(1), M = w.size(1);
   if (rows == 0) return;
-  if (rows * K * M <= kLibraryProduct && out.stride(1) == 1) {
+  if ((rows * K * M <= kLibraryProduct || K >= kOwnDepth) && out.stride(1) == 1) {
     gemm<T>({a.const_data_ptr<T>(), a.stride(0), a.stride(1)}, rows, K,
             w_rows.const_data_ptr<T>(), M, M, out.mutable_data_ptr<T>(), out.stride(0),
             accumulate);
@@ -301,13 +323,14 @@ void matmul(const Tensor& a, const Tensor& w, const Tensor& w_rows, Tensor out,
 
 // The product of one step: rows [a_row, a_row + rows) of a times w (K, M),
 // given as its contiguous copy w_rows, into rows [out_row, ...) of out. It
-// reads the data pointers directly, so a step creates no tensor views.
+// reads the data pointers directly, so a step creates no tensor views. With
+// library false, the product never goes to at::mm.
 template <typename T>
 void matmul_rows(const Tensor& a, int64_t a_row, int64_t rows, const Tensor& w_rows,
-                 Tensor& out, int64_t out_row, bool accumulate) {
+                 Tensor& out, int64_t out_row, bool accumulate, bool library = true) {
   const int64_t K = a.size(1), M = w_rows.size(1);
   if (rows == 0) return;
-  if (rows * K * M >= kStepLibraryProduct) {
+  if (library && rows * K * M >= kStepLibraryProduct) {
     Tensor target = out.narrow(0, out_row, rows);
     if (accumulate) {
       target.addmm_(a.narrow(0, a_row, rows), w_rows);
@@ -461,7 +484,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> forward_impl(
   }
   Tensor output = at::empty({N, H_out}, x.options());
   Tensor xg = lstm || gru ? at::empty({N, GH}, x.options()) : output;
-  if (N * GH * x.size(1) <= kLibraryProduct) {
+  if (N * GH * x.size(1) <= kLibraryProduct || x.size(1) >= kOwnDepth) {
     if (bias.defined()) {
       xg.copy_(bias.unsqueeze(0).expand({N, GH}));
     } else {
@@ -504,7 +527,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> forward_impl(
   // slice's gates. Every thread's product reads all of h, so the new state
   // goes to h_next and is copied to h after the region.
   const bool split = lstm && !projected && at::get_num_threads() > 1 &&
-                     B * H * GH >= kSplitStep && B * H * GH < kStepLibraryProduct;
+                     B * H * GH >= kSplitStep;
   Tensor h_next = split ? at::empty({B, H}, x.options()) : Tensor();
   T* h_next_data = split ? h_next.mutable_data_ptr<T>() : nullptr;
   const T* w_hh_data = w_hh_rows.const_data_ptr<T>();
@@ -539,7 +562,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> forward_impl(
       std::memcpy(h_data, h_next_data, rows * H * sizeof(T));
       continue;
     }
-    matmul_rows<T>(h, 0, rows, w_hh_rows, hg, 0, false);
+    matmul_rows<T>(h, 0, rows, w_hh_rows, hg, 0, false, false);
 
     for_rows(rows, GH, [&](int64_t begin, int64_t end) {
       for (int64_t b = begin; b < end; ++b) {
@@ -569,7 +592,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> forward_impl(
     });
 
     if (projected) {
-      matmul_rows<T>(m, 0, rows, w_hr_rows, h, 0, false);
+      matmul_rows<T>(m, 0, rows, w_hr_rows, h, 0, false, false);
       std::memcpy(out_data + offset * H_out, h_data, rows * H_out * sizeof(T));
     }
   }

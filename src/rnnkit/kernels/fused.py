@@ -37,7 +37,9 @@ def _build_flags() -> tuple[str, list[str]]:
     """
     capability = torch.backends.cpu.get_cpu_capability()
     # Without trapping math, GCC vectorises the branch-free activations.
-    flags = ["-O3", "-DNDEBUG", "-fno-trapping-math", "-fno-math-errno"]
+    # at::parallel_for is a header-only OpenMP loop in torch's CPU builds, so
+    # without -fopenmp it runs on one thread.
+    flags = ["-O3", "-DNDEBUG", "-fno-trapping-math", "-fno-math-errno", "-fopenmp"]
     if capability == "AVX512":
         # torch reports AVX512 only when the CPU has the F, BW, VL and DQ sets.
         flags += ["-mavx2", "-mfma", "-mavx512f", "-mavx512bw", "-mavx512vl"]
@@ -88,6 +90,9 @@ def _try_load() -> bool | str:
             name=name,
             sources=[str(SOURCE)],
             extra_cflags=flags,
+            # Linked by soname, so the process reuses the libgomp that torch
+            # loaded and both share one OpenMP thread pool.
+            extra_ldflags=["-fopenmp"],
             is_python_module=False,
             verbose=False,
         )
