@@ -455,6 +455,31 @@ __attribute__((noinline)) void gru_row(int64_t H, const T* __restrict xg,
   }
 }
 
+// The transpose of a contiguous matrix, as a new contiguous one.
+template <typename T>
+Tensor transposed(const Tensor& matrix) {
+  const int64_t rows = matrix.size(0), columns = matrix.size(1);
+  if (rows * columns > 64 * 1024) return matrix.t().contiguous();
+  Tensor result = at::empty({columns, rows}, matrix.options());
+  const T* source = matrix.const_data_ptr<T>();
+  T* target = result.mutable_data_ptr<T>();
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t c = 0; c < columns; ++c) target[c * rows + r] = source[r * columns + c];
+  }
+  return result;
+}
+
+// A contiguous copy of a contiguous tensor.
+template <typename T>
+Tensor copied(const Tensor& tensor) {
+  Tensor result = at::empty(tensor.sizes(), tensor.options());
+  if (tensor.numel() > 0) {
+    std::memcpy(result.mutable_data_ptr<T>(), tensor.const_data_ptr<T>(),
+                tensor.numel() * sizeof(T));
+  }
+  return result;
+}
+
 struct Weights {
   Tensor w_ih, w_hh, b_ih, b_hh, w_hr;  // b_ih, b_hh, w_hr may be undefined
 };
@@ -471,27 +496,31 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> forward_impl(
 
   // The input projection of every step, with every bias that adds to it
   // folded in. The GRU keeps b_hn apart, because r multiplies it.
+  // The small tensors here are filled with plain loops: for a short sequence,
+  // each TensorIterator copy costs about a microsecond of a call of tens.
   Tensor bias;
-  if (w.b_ih.defined()) bias = w.b_ih.clone();
-  if (w.b_hh.defined()) {
+  if (w.b_ih.defined() || w.b_hh.defined()) {
+    bias = at::empty({GH}, x.options());
+    T* sum = bias.mutable_data_ptr<T>();
+    const T* b_ih = w.b_ih.defined() ? w.b_ih.const_data_ptr<T>() : nullptr;
+    const T* b_hh = w.b_hh.defined() ? w.b_hh.const_data_ptr<T>() : nullptr;
     const int64_t folded = gru ? 2 * H : GH;
-    if (bias.defined()) {
-      bias.narrow(0, 0, folded).add_(w.b_hh.narrow(0, 0, folded));
-    } else {
-      bias = at::zeros({GH}, x.options());
-      bias.narrow(0, 0, folded).copy_(w.b_hh.narrow(0, 0, folded));
+    for (int64_t j = 0; j < GH; ++j) {
+      sum[j] = (b_ih != nullptr ? b_ih[j] : T(0)) +
+               (b_hh != nullptr && j < folded ? b_hh[j] : T(0));
     }
   }
   Tensor output = at::empty({N, H_out}, x.options());
   Tensor xg = lstm || gru ? at::empty({N, GH}, x.options()) : output;
   if (N * GH * x.size(1) <= kLibraryProduct || x.size(1) >= kOwnDepth) {
+    T* xg_rows = xg.mutable_data_ptr<T>();
     if (bias.defined()) {
-      xg.copy_(bias.unsqueeze(0).expand({N, GH}));
+      const T* sum = bias.const_data_ptr<T>();
+      for (int64_t row = 0; row < N; ++row) std::memcpy(xg_rows + row * GH, sum, GH * sizeof(T));
     } else {
-      xg.zero_();
+      std::memset(xg_rows, 0, N * GH * sizeof(T));
     }
-    const Tensor w_ih_t = w.w_ih.t();
-    matmul<T>(x, w_ih_t, w_ih_t.contiguous(), xg, true);
+    matmul<T>(x, w.w_ih.t(), transposed<T>(w.w_ih), xg, true);
   } else if (bias.defined()) {
     at::addmm_out(xg, bias, x, w.w_ih.t());
   } else {
@@ -499,8 +528,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> forward_impl(
   }
   const T* b_hn = gru && w.b_hh.defined() ? w.b_hh.const_data_ptr<T>() + 2 * H : nullptr;
 
-  Tensor h = h0.clone(at::MemoryFormat::Contiguous);
-  Tensor c = lstm ? c0.clone(at::MemoryFormat::Contiguous) : Tensor();
+  Tensor h = copied<T>(h0);
+  Tensor c = lstm ? copied<T>(c0) : Tensor();
   const int64_t saved = lstm ? 5 * H : (gru ? 4 * H : 0);
   Tensor workspace = at::empty({train ? N : 0, train ? saved : 0}, x.options());
   Tensor hg = at::empty({B, GH}, x.options());
@@ -508,10 +537,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> forward_impl(
   Tensor act = train || !(lstm || gru) ? Tensor() : at::empty({B, GH}, x.options());
   Tensor m = projected ? at::empty({B, H}, x.options()) : Tensor();
 
-  const Tensor w_hh_t = w.w_hh.t();
-  const Tensor w_hh_rows = w_hh_t.contiguous();
-  const Tensor w_hr_t = projected ? w.w_hr.t() : Tensor();
-  const Tensor w_hr_rows = projected ? w_hr_t.contiguous() : Tensor();
+  const Tensor w_hh_rows = transposed<T>(w.w_hh);
+  const Tensor w_hr_rows = projected ? transposed<T>(w.w_hr) : Tensor();
 
   const T* xg_data = xg.const_data_ptr<T>();
   T* hg_data = hg.mutable_data_ptr<T>();
