@@ -91,7 +91,9 @@ def _try_load() -> bool | str:
             sources=[str(SOURCE)],
             extra_cflags=flags,
             # Linked by soname, so the process reuses the libgomp that torch
-            # loaded and both share one OpenMP thread pool.
+            # loaded and both share one OpenMP thread pool. NOTE: checked with
+            # the PyPI CPU wheel of torch 2.13, which ships libgomp. A torch
+            # built with Intel's OpenMP would load a second runtime.
             extra_ldflags=["-fopenmp"],
             is_python_module=False,
             verbose=False,
