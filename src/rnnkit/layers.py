@@ -174,6 +174,31 @@ class RecurrentBase(nn.Module):
                 "expected generator to be a torch.Generator or None, "
                 f"got {type(generator).__name__}"
             )
+        layout, initial, unbatched = self._prepare_input(input, hx, lengths)
+        initial = tuple(layout.to_sorted(s) for s in initial)
+        output, final = self._run_layers(layout, initial, generator)
+
+        output = layout.restore(output)
+        if not isinstance(output, PackedSequence):
+            if unbatched:
+                output = output.squeeze(1)
+            elif self.batch_first:
+                output = output.transpose(0, 1)
+        final = tuple(layout.to_caller(s) for s in final)
+        if unbatched:
+            final = tuple(s.squeeze(1) for s in final)
+        if self.mode == "LSTM":
+            return output, final
+        return output, final[0]
+
+    def _prepare_input(
+        self, input, hx, lengths
+    ) -> tuple[sequence.Layout, tuple[Tensor, ...], bool]:
+        """Check the input and state, and lay the input out as packed rows.
+
+        Returns the layout, the initial state as (L*D, B, *) tensors in the
+        caller's row order, and whether the input was unbatched.
+        """
         unbatched = False
         if isinstance(input, PackedSequence):
             if lengths is not None:
@@ -205,21 +230,7 @@ class RecurrentBase(nn.Module):
             reference = input
 
         initial = self._initial_state(hx, layout.batch, unbatched, reference)
-        initial = tuple(layout.to_sorted(s) for s in initial)
-        output, final = self._run_layers(layout, initial, generator)
-
-        output = layout.restore(output)
-        if not isinstance(output, PackedSequence):
-            if unbatched:
-                output = output.squeeze(1)
-            elif self.batch_first:
-                output = output.transpose(0, 1)
-        final = tuple(layout.to_caller(s) for s in final)
-        if unbatched:
-            final = tuple(s.squeeze(1) for s in final)
-        if self.mode == "LSTM":
-            return output, final
-        return output, final[0]
+        return layout, initial, unbatched
 
     def _run_layers(
         self,

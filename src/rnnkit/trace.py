@@ -200,41 +200,19 @@ def _prepare(
     layer: RecurrentBase, input, hx, lengths
 ) -> tuple[sequence.Layout, tuple[Tensor, ...], Tensor]:
     """Return the packed layout, the initial state (L*D, B, *) in caller order,
-    and the input as (T, B, I), following the steps of ``RecurrentBase.forward``.
+    and the input as (T, B, I), zero past each row's length.
     """
-    unbatched = False
+    layout, initial, unbatched = layer._prepare_input(input, hx, lengths)
     if isinstance(input, PackedSequence):
-        if lengths is not None:
-            raise ValueError(
-                "lengths= applies to padded input, but a PackedSequence was "
-                "given, which already carries its lengths"
-            )
-        layer._check_tensor("input", input.data, 2)
-        layout = sequence.from_packed(input)
-        reference = input.data
         inputs = torch.nn.utils.rnn.pad_packed_sequence(input)[0]
     else:
-        if not isinstance(input, Tensor):
-            raise TypeError(
-                "expected input to be a Tensor or a PackedSequence, "
-                f"got {type(input).__name__}"
-            )
-        layer._check_input(input)
-        unbatched = input.dim() == 2
         if unbatched:
             x = input.unsqueeze(1)
         elif layer.batch_first:
             x = input.transpose(0, 1)
         else:
             x = input
-        if lengths is None:
-            layout = sequence.from_padded(x)
-        else:
-            layout = sequence.from_lengths(x, lengths)
-        reference = input
         inputs = x * _valid_mask(layout).unsqueeze(-1).to(x.dtype)
-
-    initial = layer._initial_state(hx, layout.batch, unbatched, reference)
     return layout, initial, inputs
 
 
