@@ -159,8 +159,8 @@ class RecurrentBase(nn.Module):
         or a ``PackedSequence``. ``hx`` is h0 (L*D, B, H_out), or (h0, c0) for the
         LSTM, with c0 (L*D, B, H); unbatched, both lose their B axis.
         ``lengths`` (keyword-only, padded input only) gives each row's number of
-        valid steps: outputs past it are zero and the final state is that of the
-        row's last valid step, as with a ``PackedSequence``; a length of 0 leaves
+        valid steps. Outputs past it are zero, and the final state is that of the
+        row's last valid step, as with a ``PackedSequence``. A length of 0 leaves
         the row's state at h0.
         ``generator`` (keyword-only) draws the masks of ``recurrent_dropout``,
         ``zoneout`` and ``weight_dropout`` in training, in the order given in
