@@ -17,7 +17,7 @@ def write_atomically(path: str | Path, write: Callable[[BinaryIO], None]) -> Non
     The data goes to a temporary file in the same directory, is flushed to
     disk, and then replaces ``path`` in one ``os.replace``. The temporary name
     starts with a dot and ends in ``.tmp``, so it never matches ``path``. On an
-    error the temporary file is removed and ``path`` is left as it was; a
+    error the temporary file is removed and ``path`` is left as it was. A
     writer killed before the rename leaves the temporary file behind.
     """
     path = Path(path)

@@ -164,7 +164,7 @@ class RecurrentBase(nn.Module):
         the row's state at h0.
         ``generator`` (keyword-only) draws the masks of ``recurrent_dropout``,
         ``zoneout`` and ``weight_dropout`` in training, in the order given in
-        ``rnnkit.regularize``; without it they come from the global RNG. The
+        ``rnnkit.regularize``. Without it, they come from the global RNG. The
         ``dropout`` between layers always uses the global RNG, as in ``torch.nn``.
 
         Returns ``(output, h_n)``, or ``(output, (h_n, c_n))`` for the LSTM.

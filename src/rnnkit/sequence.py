@@ -1,8 +1,8 @@
 """The one time-major layout every layer runs on, and the input forms that map to it.
 
-A layer sees a sequence batch as packed rows: ``data`` (N, F) holds the rows of
-step 0, then those of step 1, and so on, and step t has ``batch_sizes[t]`` rows,
-a prefix of the batch sorted by decreasing length. A padded tensor with no
+A layer runs on a sequence batch as packed rows. ``data`` (N, F) contains the
+rows of step 0, then those of step 1, and so on. Step t has ``batch_sizes[t]``
+rows, a prefix of the batch sorted by decreasing length. A padded tensor with no
 lengths is the case where every step has all B rows; a ``PackedSequence`` is
 that layout already; a padded tensor with ``lengths`` is gathered into it and
 scattered back, so lengths need no packing by the caller and may be zero.

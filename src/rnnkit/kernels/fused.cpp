@@ -1,7 +1,7 @@
 // Fused CPU forward and backward passes for one recurrent layer and direction.
 //
-// The ops run a whole packed, time-major sequence in one call: the input
-// projection of every step is one matrix product, and each step is one
+// The ops run a whole packed, time-major sequence in one call. The input
+// projection of every step is one matrix product. Each step is then one
 // recurrent product followed by one pass of gate arithmetic over the rows
 // active at that step. The layout and equations are those of
 // rnnkit/kernels/reference.py and rnnkit/cells.py.
@@ -386,13 +386,13 @@ void for_rows(int64_t rows, int64_t row_elements, const Fn& fn) {
   at::parallel_for(0, rows, grain, fn);
 }
 
-// Forward gate arithmetic of one row. xg and hg hold the input and recurrent
-// pre-activations of the row; act receives the gate activations (a workspace
-// row, or a scratch row when nothing is saved). The rows are not inlined,
+// Forward gate arithmetic of one row. xg and hg contain the input and
+// recurrent pre-activations of the row, and act receives the gate activations
+// (a workspace row, or a scratch row when nothing is saved). The rows are not inlined,
 // because GCC 12 vectorises these loops only when it compiles them alone.
 
 // The Elman RNN's input projection is computed into its output rows, which
-// saves a buffer: out holds the input pre-activation on entry.
+// saves a buffer: out contains the input pre-activation on entry.
 template <typename T>
 __attribute__((noinline)) void rnn_row(Mode mode, int64_t H, const T* __restrict hg, T* __restrict h,
                     T* __restrict out) {
@@ -626,8 +626,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> forward_impl(
   return {output, h, lstm ? c : at::empty({0}, x.options()), workspace};
 }
 
-// Backward gate arithmetic of one row. dh holds dL/dh_t of the row on entry;
-// the GRU row replaces it with the part of dL/dh_{t-1} that bypasses W_hh.
+// Backward gate arithmetic of one row. dh contains dL/dh_t of the row on
+// entry, and the GRU row replaces it with the part of dL/dh_{t-1} that bypasses W_hh.
 
 template <typename T>
 __attribute__((noinline)) void rnn_backward_row(Mode mode, int64_t H, const T* __restrict out,

@@ -101,7 +101,7 @@ def _try_load() -> bool | str:
     except (OSError, RuntimeError, ImportError) as error:
         # cpp_extension reports a failed compiler run as RuntimeError and a
         # missing compiler or ninja as OSError or RuntimeError. Its message
-        # holds the whole compiler output; the end names the first failure.
+        # contains the whole compiler output; its end names the first failure.
         message = " ".join(str(error).split())
         if len(message) > 600:
             message = message[:300] + " ... " + message[-300:]

@@ -1,4 +1,4 @@
-"""What people use recurrent models for: forecasting series and modelling text.
+"""Tasks of recurrent models: forecasting series and modelling text.
 
 A task turns data into trained models and results. It never prints and never
 reads the terminal; callers pass a progress callback and decide what to show.
