@@ -1,7 +1,8 @@
 // Fused CPU forward and backward passes for one recurrent layer and direction.
 //
-// The ops run a whole packed, time-major sequence in one call. The input
-// projection of every step is one matrix product. Each step is then one
+// The ops run a whole packed, time-major sequence in one call, on a team of
+// threads in one parallel region (see Team). The input projection runs as one
+// matrix product per chunk of consecutive steps. Each step is then one
 // recurrent product followed by one pass of gate arithmetic over the rows
 // active at that step. The layout and equations are those of
 // rnnkit/kernels/reference.py and rnnkit/cells.py.
@@ -27,7 +28,10 @@
 #include <ATen/ops/zeros_like.h>
 #include <torch/library.h>
 
+#include <omp.h>
+
 #include <algorithm>
+#include <utility>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -141,27 +145,26 @@ struct Steps {
 // From this many multiply-adds up, this GEMM splits its columns across
 // torch's intra-op threads.
 constexpr int64_t kParallelProduct = 4 * 1024 * 1024;
-// Forward steps always run on this GEMM: on two threads it reached 110G to
+// Every step product runs on this GEMM: on two threads it reached 110G to
 // 115G multiply-adds per second for (64 x 256) @ (256 x 1024) and larger step
-// products, against 65G to 80G for at::mm (MKL). A backward step product of
-// at least this many multiply-adds still goes to at::mm. NOTE: on this GEMM,
-// whose sums run along K in one chain, a float32 weight gradient at
-// 48 x 300 x 300 differed from the reference path by 1.5e-5, just past the
-// 1e-5 that the tests allow.
-constexpr int64_t kStepLibraryProduct = 4 * 1024 * 1024;
-// An LSTM step from this many multiply-adds up splits its hidden units across
-// threads, in slices of at least kSplitUnits units. Smaller steps stay on one
-// thread, because waking the second thread for every step cost more than it
-// saved at (32 x 64) @ (64 x 256).
-constexpr int64_t kSplitStep = 4 * 1024 * 1024;
-constexpr int64_t kSplitUnits = 16;
-// One-off products (input projection, input and weight gradients) above this
+// products, against 65G to 80G for at::mm (MKL).
+// A sequence whose largest step product has at least this many
+// multiply-adds runs on a team of torch's intra-op threads (see Team). Below
+// it, waking the second thread for every step cost more than it saved. On two
+// threads, 200 steps of an RNN with 2 rows x 64 units (8K multiply-adds a
+// step) took 0.18 ms on the team and 0.12 ms on one thread. For a GRU of that
+// size (24K), the team took 0.23 ms and one thread 0.28 ms.
+constexpr int64_t kTeamProduct = 16 * 1024;
+// One-off products (the backward's input and weight gradients) above this
 // many multiply-adds go to at::mm, whose packed GEMM is faster there, unless
 // they are products a @ w with an inner dimension of at least kOwnDepth. For
 // those, this GEMM on two threads measured 105G to 110G multiply-adds per
 // second against 72G to 99G for at::mm (MKL), e.g. (6400 x 128) @ (128 x 1024).
 constexpr int64_t kLibraryProduct = 8 * 1024 * 1024;
 constexpr int64_t kOwnDepth = 128;
+// The input projection of the forward op runs in chunks of steps with at
+// least this many pre-activations (256 KiB in float32), or one step.
+constexpr int64_t kChunkElements = 64 * 1024;
 
 #if defined(__AVX512F__)
 constexpr int kVectorBytes = 64;
@@ -206,7 +209,8 @@ struct Strided {
 };
 
 // out[R rows, V vectors of columns] (+)= a[R rows, :K] @ w[:K, the columns],
-// with the R x V accumulators in registers.
+// with the R x V accumulators in registers. The sums start from zero and are
+// added to out at the end.
 template <typename T, int R, int V>
 inline __attribute__((always_inline)) void gemm_block(Strided<T> a, int64_t K, const T* w,
                                                       int64_t ldw, T* out, int64_t ldo,
@@ -215,9 +219,7 @@ inline __attribute__((always_inline)) void gemm_block(Strided<T> a, int64_t K, c
   constexpr int64_t L = Vector<T>::kLanes;
   Vec sums[R][V];
   for (int r = 0; r < R; ++r) {
-    for (int v = 0; v < V; ++v) {
-      sums[r][v] = accumulate ? load_vector<Vec>(out + r * ldo + v * L) : Vec{};
-    }
+    for (int v = 0; v < V; ++v) sums[r][v] = Vec{};
   }
   for (int64_t k = 0; k < K; ++k) {
     Vec w_k[V];
@@ -228,18 +230,29 @@ inline __attribute__((always_inline)) void gemm_block(Strided<T> a, int64_t K, c
     }
   }
   for (int r = 0; r < R; ++r) {
-    for (int v = 0; v < V; ++v) store_vector(out + r * ldo + v * L, sums[r][v]);
+    for (int v = 0; v < V; ++v) {
+      T* target = out + r * ldo + v * L;
+      store_vector(target, accumulate ? load_vector<Vec>(target) + sums[r][v] : sums[r][v]);
+    }
   }
 }
 
-// Columns [column, column + V * lanes) of every row, four rows at a time.
+// Columns [column, column + V * lanes) of every row, R rows at a time. Four
+// vectors of columns take 16 accumulators and fewer take 8, so that a narrow
+// range (a thread's slice of a step) still reuses each loaded vector of w.
 template <typename T, int V>
 void gemm_columns(Strided<T> a, int64_t rows, int64_t K, const T* w, int64_t ldw,
                   T* out, int64_t ldo, bool accumulate) {
+  constexpr int R = V == 4 ? 4 : 8;
   int64_t r = 0;
-  for (; r + 4 <= rows; r += 4) {
+  for (; r + R <= rows; r += R) {
+    const Strided<T> block{&a.at(r, 0), a.row_stride, a.column_stride};
+    gemm_block<T, R, V>(block, K, w, ldw, out + r * ldo, ldo, accumulate);
+  }
+  if (R > 4 && r + 4 <= rows) {
     const Strided<T> block{&a.at(r, 0), a.row_stride, a.column_stride};
     gemm_block<T, 4, V>(block, K, w, ldw, out + r * ldo, ldo, accumulate);
+    r += 4;
   }
   for (; r < rows; ++r) {
     const Strided<T> block{&a.at(r, 0), a.row_stride, a.column_stride};
@@ -260,6 +273,18 @@ void gemm_range(Strided<T> a, int64_t rows, int64_t K, const T* w, int64_t ldw, 
       const Strided<T> chunk{&a.at(r, 0), a.row_stride, a.column_stride};
       gemm_range<T>(chunk, std::min(kRowChunk, rows - r), K, w, ldw, out + r * ldo, ldo,
                     accumulate, begin, end);
+    }
+    return;
+  }
+  // A long inner dimension goes in blocks, each summed on its own and then
+  // added to out: shorter chains of additions lose less precision (a float32
+  // chain of 900 terms missed the reference path by 1.3e-5).
+  constexpr int64_t kDepthChunk = 64;
+  if (K > kDepthChunk) {
+    for (int64_t k = 0; k < K; k += kDepthChunk) {
+      const Strided<T> block{&a.at(0, k), a.row_stride, a.column_stride};
+      gemm_range<T>(block, rows, std::min(kDepthChunk, K - k), w + k * ldw, ldw, out, ldo,
+                    accumulate || k > 0, begin, end);
     }
     return;
   }
@@ -321,29 +346,6 @@ void matmul(const Tensor& a, const Tensor& w, const Tensor& w_rows, Tensor out,
   }
 }
 
-// The product of one step: rows [a_row, a_row + rows) of a times w (K, M),
-// given as its contiguous copy w_rows, into rows [out_row, ...) of out. It
-// reads the data pointers directly, so a step creates no tensor views. With
-// library false, the product never goes to at::mm.
-template <typename T>
-void matmul_rows(const Tensor& a, int64_t a_row, int64_t rows, const Tensor& w_rows,
-                 Tensor& out, int64_t out_row, bool accumulate, bool library = true) {
-  const int64_t K = a.size(1), M = w_rows.size(1);
-  if (rows == 0) return;
-  if (library && rows * K * M >= kStepLibraryProduct) {
-    Tensor target = out.narrow(0, out_row, rows);
-    if (accumulate) {
-      target.addmm_(a.narrow(0, a_row, rows), w_rows);
-    } else {
-      at::mm_out(target, a.narrow(0, a_row, rows), w_rows);
-    }
-    return;
-  }
-  gemm<T>({a.const_data_ptr<T>() + a_row * a.stride(0), a.stride(0), a.stride(1)}, rows,
-          K, w_rows.const_data_ptr<T>(), M, M,
-          out.mutable_data_ptr<T>() + out_row * out.stride(0), out.stride(0), accumulate);
-}
-
 // out (+)= a^T @ b with a (N, K) and b (N, M): the weight gradients, summed
 // over packed rows. out must be contiguous.
 template <typename T>
@@ -386,73 +388,153 @@ void for_rows(int64_t rows, int64_t row_elements, const Fn& fn) {
   at::parallel_for(0, rows, grain, fn);
 }
 
-// Forward gate arithmetic of one row. xg and hg contain the input and
-// recurrent pre-activations of the row, and act receives the gate activations
-// (a workspace row, or a scratch row when nothing is saved). The rows are not inlined,
+// Rows of a matrix: row b starts at data + b * stride.
+template <typename T>
+struct Rows {
+  T* data;
+  int64_t stride;
+  T* operator[](int64_t b) const { return data + b * stride; }
+};
+
+// Forward gate arithmetic of the rows of one step, for hidden units
+// [0, units) of a slice. Every pointer starts at the slice's first unit. The
+// gate blocks of bias and act are H apart, and those of xg and hg gs apart
+// (see the column order in forward_impl). bias holds every bias that
+// adds to a pre-activation (zeros without biases); the GRU's b_hn is apart,
+// because r multiplies it. act receives the gate activations when kSave is
+// set (a workspace row for the backward). One call per step and slice keeps
+// the loop set-up out of the rows, and the functions are not inlined,
 // because GCC 12 vectorises these loops only when it compiles them alone.
 
 // The Elman RNN's input projection is computed into its output rows, which
 // saves a buffer: out contains the input pre-activation on entry.
 template <typename T>
-__attribute__((noinline)) void rnn_row(Mode mode, int64_t H, const T* __restrict hg, T* __restrict h,
-                    T* __restrict out) {
-  if (mode == Mode::kTanh) {
-    for (int64_t j = 0; j < H; ++j) {
-      const T value = Math<T>::tanh(out[j] + hg[j]);
-      h[j] = value;
-      out[j] = value;
-    }
-  } else {
-    for (int64_t j = 0; j < H; ++j) {
-      const T pre = out[j] + hg[j];
-      const T value = pre > T(0) ? pre : T(0);
-      h[j] = value;
-      out[j] = value;
+__attribute__((noinline)) void rnn_rows(Mode mode, int64_t rows, int64_t units,
+                                        const T* __restrict bias, Rows<const T> hg,
+                                        Rows<T> out) {
+  for (int64_t b = 0; b < rows; ++b) {
+    const T* __restrict hg_row = hg[b];
+    T* __restrict out_row = out[b];
+    if (mode == Mode::kTanh) {
+#pragma GCC ivdep
+      for (int64_t j = 0; j < units; ++j) {
+        out_row[j] = Math<T>::tanh(out_row[j] + bias[j] + hg_row[j]);
+      }
+    } else {
+#pragma GCC ivdep
+      for (int64_t j = 0; j < units; ++j) {
+        const T pre = out_row[j] + bias[j] + hg_row[j];
+        out_row[j] = pre > T(0) ? pre : T(0);
+      }
     }
   }
 }
 
+// c is updated in place, and h receives the new state (output rows, or the
+// rows of m that the projection reads).
 template <typename T, bool kSave>
-__attribute__((noinline)) void lstm_row(int64_t H, int64_t units, const T* __restrict xg,
-                                        const T* __restrict hg, T* __restrict act,
-                                        T* __restrict c, T* __restrict h,
-                                        T* __restrict out) {
-  for (int64_t j = 0; j < units; ++j) {
-    const T i = Math<T>::sigmoid(xg[j] + hg[j]);
-    const T f = Math<T>::sigmoid(xg[H + j] + hg[H + j]);
-    const T g = Math<T>::tanh(xg[2 * H + j] + hg[2 * H + j]);
-    const T o = Math<T>::sigmoid(xg[3 * H + j] + hg[3 * H + j]);
-    const T c_next = f * c[j] + i * g;
-    const T h_next = o * Math<T>::tanh(c_next);
-    act[j] = i;
-    act[H + j] = f;
-    act[2 * H + j] = g;
-    act[3 * H + j] = o;
-    if (kSave) act[4 * H + j] = c_next;
-    c[j] = c_next;
-    h[j] = h_next;
-    if (out != nullptr) out[j] = h_next;
+__attribute__((noinline)) void lstm_rows(int64_t rows, int64_t H, int64_t gs, int64_t units,
+                                         Rows<const T> xg, const T* __restrict bias,
+                                         Rows<const T> hg, Rows<T> act, Rows<T> c,
+                                         Rows<T> h) {
+  for (int64_t b = 0; b < rows; ++b) {
+    const T* __restrict x = xg[b];
+    const T* __restrict r = hg[b];
+    T* __restrict a = act[b];
+    T* __restrict c_row = c[b];
+    T* __restrict h_row = h[b];
+#pragma GCC ivdep
+    for (int64_t j = 0; j < units; ++j) {
+      const T i = Math<T>::sigmoid(x[j] + bias[j] + r[j]);
+      const T f = Math<T>::sigmoid(x[gs + j] + bias[H + j] + r[gs + j]);
+      const T g = Math<T>::tanh(x[2 * gs + j] + bias[2 * H + j] + r[2 * gs + j]);
+      const T o = Math<T>::sigmoid(x[3 * gs + j] + bias[3 * H + j] + r[3 * gs + j]);
+      const T c_next = f * c_row[j] + i * g;
+      if (kSave) {
+        a[j] = i;
+        a[H + j] = f;
+        a[2 * H + j] = g;
+        a[3 * H + j] = o;
+        a[4 * H + j] = c_next;
+      }
+      c_row[j] = c_next;
+      h_row[j] = o * Math<T>::tanh(c_next);
+    }
   }
 }
 
+// h_prev contains the states the rows start from, and out receives the new
+// ones.
 template <typename T, bool kSave>
-__attribute__((noinline)) void gru_row(int64_t H, const T* __restrict xg,
-                                       const T* __restrict hg, const T* __restrict b_hn,
-                                       T* __restrict act, T* __restrict h,
-                                       T* __restrict out) {
-  for (int64_t j = 0; j < H; ++j) {
-    const T r = Math<T>::sigmoid(xg[j] + hg[j]);
-    const T z = Math<T>::sigmoid(xg[H + j] + hg[H + j]);
-    const T hn = hg[2 * H + j] + (b_hn != nullptr ? b_hn[j] : T(0));
-    const T n = Math<T>::tanh(xg[2 * H + j] + r * hn);
-    const T h_next = (T(1) - z) * n + z * h[j];
-    act[j] = r;
-    act[H + j] = z;
-    act[2 * H + j] = n;
-    if (kSave) act[3 * H + j] = hn;
-    h[j] = h_next;
-    out[j] = h_next;
+__attribute__((noinline)) void gru_rows(int64_t rows, int64_t H, int64_t gs, int64_t units,
+                                        Rows<const T> xg, const T* __restrict bias,
+                                        Rows<const T> hg, const T* __restrict b_hn,
+                                        Rows<T> act, Rows<const T> h_prev, Rows<T> out) {
+  for (int64_t b = 0; b < rows; ++b) {
+    const T* __restrict x = xg[b];
+    const T* __restrict u = hg[b];
+    const T* __restrict h = h_prev[b];
+    T* __restrict a = act[b];
+    T* __restrict o = out[b];
+#pragma GCC ivdep
+    for (int64_t j = 0; j < units; ++j) {
+      const T r = Math<T>::sigmoid(x[j] + bias[j] + u[j]);
+      const T z = Math<T>::sigmoid(x[gs + j] + bias[H + j] + u[gs + j]);
+      const T hn = u[2 * gs + j] + b_hn[j];
+      const T n = Math<T>::tanh(x[2 * gs + j] + bias[2 * H + j] + r * hn);
+      if (kSave) {
+        a[j] = r;
+        a[H + j] = z;
+        a[2 * H + j] = n;
+        a[3 * H + j] = hn;
+      }
+      o[j] = (T(1) - z) * n + z * h[j];
+    }
   }
+}
+
+// A team of threads that runs a whole sequence in one parallel region. Each
+// thread owns a slice of the hidden units and computes their gate columns of
+// every step's product, their gate arithmetic and their outputs. The threads
+// meet at a barrier once a step (twice with a projection), because the next
+// step's product reads every unit of the state. One region per sequence
+// replaces the two thread wake-ups per step of splitting each product and
+// each pass of gate arithmetic on its own.
+struct Team {
+  int index = 0;
+  int size = 1;
+
+  void sync() const {
+    if (size > 1) {
+#pragma omp barrier
+    }
+  }
+
+  // This thread's part [first, last) of count items, cut at multiples of
+  // lanes while there are enough of them.
+  std::pair<int64_t, int64_t> slice(int64_t count, int64_t lanes) const {
+    const int64_t blocks = (count + lanes - 1) / lanes;
+    return {std::min(count, blocks * index / size * lanes),
+            std::min(count, blocks * (index + 1) / size * lanes)};
+  }
+};
+
+// Run fn(team) on a team of the given size, or on one thread inside another
+// parallel region, where a nested team would get no threads of its own.
+template <typename Fn>
+void run_team(int64_t threads, const Fn& fn) {
+  if (threads > 1 && !omp_in_parallel()) {
+#pragma omp parallel num_threads(static_cast<int>(threads))
+    fn(Team{omp_get_thread_num(), omp_get_num_threads()});
+    return;
+  }
+  fn(Team{});
+}
+
+// The number of threads for a sequence whose largest step product has this
+// many multiply-adds.
+int64_t team_size(int64_t step_product) {
+  return step_product >= kTeamProduct ? at::get_num_threads() : 1;
 }
 
 // The transpose of a contiguous matrix, as a new contiguous one.
@@ -494,187 +576,291 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> forward_impl(
   const bool lstm = mode == Mode::kLstm, gru = mode == Mode::kGru;
   const bool projected = w.w_hr.defined();
 
-  // The input projection of every step, with every bias that adds to it
-  // folded in. The GRU keeps b_hn apart, because r multiplies it.
-  // The small tensors here are filled with plain loops: for a short sequence,
-  // each TensorIterator copy costs about a microsecond of a call of tens.
-  Tensor bias;
-  if (w.b_ih.defined() || w.b_hh.defined()) {
-    bias = at::empty({GH}, x.options());
-    T* sum = bias.mutable_data_ptr<T>();
+  const int64_t saved = lstm ? 5 * H : (gru ? 4 * H : 0);
+  // The biases, summed where they add: b_ih + b_hh for every gate block but
+  // the GRU's n block, where only b_ih adds and b_hn goes apart, because r
+  // multiplies it. Zeros stand for absent biases, so the gate loops need no
+  // branches. The gate arithmetic adds them, which saves a pass over the
+  // input projection. The small tensors here are filled with plain loops: for
+  // a short sequence, each TensorIterator copy costs about a microsecond of a
+  // call of tens.
+  Tensor biases = at::empty({GH + H}, x.options());
+  T* bias = biases.mutable_data_ptr<T>();
+  T* b_hn = bias + GH;
+  {
     const T* b_ih = w.b_ih.defined() ? w.b_ih.const_data_ptr<T>() : nullptr;
     const T* b_hh = w.b_hh.defined() ? w.b_hh.const_data_ptr<T>() : nullptr;
     const int64_t folded = gru ? 2 * H : GH;
     for (int64_t j = 0; j < GH; ++j) {
-      sum[j] = (b_ih != nullptr ? b_ih[j] : T(0)) +
-               (b_hh != nullptr && j < folded ? b_hh[j] : T(0));
+      bias[j] = (b_ih != nullptr ? b_ih[j] : T(0)) +
+                (b_hh != nullptr && j < folded ? b_hh[j] : T(0));
     }
+    for (int64_t j = 0; j < H; ++j) b_hn[j] = gru && b_hh != nullptr ? b_hh[2 * H + j] : T(0);
   }
+  // The input projection runs in chunks of consecutive steps, each one
+  // product, just before the steps of the chunk. A chunk's pre-activations
+  // are then still in cache when its steps read them, and the buffer
+  // contains one chunk, not the whole sequence. The Elman RNN's projection
+  // goes into its output rows.
   Tensor output = at::empty({N, H_out}, x.options());
-  Tensor xg = lstm || gru ? at::empty({N, GH}, x.options()) : output;
-  if (N * GH * x.size(1) <= kLibraryProduct || x.size(1) >= kOwnDepth) {
-    T* xg_rows = xg.mutable_data_ptr<T>();
-    if (bias.defined()) {
-      const T* sum = bias.const_data_ptr<T>();
-      for (int64_t row = 0; row < N; ++row) std::memcpy(xg_rows + row * GH, sum, GH * sizeof(T));
-    } else {
-      std::memset(xg_rows, 0, N * GH * sizeof(T));
+  std::vector<int64_t> chunk_starts;  // positions s in the direction of travel
+  int64_t chunk_capacity = 0;
+  {
+    const int64_t target = std::max<int64_t>(1, kChunkElements / GH);
+    int64_t rows_in_chunk = 0;
+    for (int64_t s = 0; s < steps.count; ++s) {
+      const int64_t t = reverse ? steps.count - 1 - s : s;
+      if (chunk_starts.empty() || rows_in_chunk >= target) {
+        chunk_starts.push_back(s);
+        rows_in_chunk = 0;
+      }
+      rows_in_chunk += steps.sizes[t];
+      chunk_capacity = std::max(chunk_capacity, rows_in_chunk);
     }
-    matmul<T>(x, w.w_ih.t(), transposed<T>(w.w_ih), xg, true);
-  } else if (bias.defined()) {
-    at::addmm_out(xg, bias, x, w.w_ih.t());
-  } else {
-    at::mm_out(xg, x, w.w_ih.t());
+    chunk_starts.push_back(steps.count);
   }
-  const T* b_hn = gru && w.b_hh.defined() ? w.b_hh.const_data_ptr<T>() + 2 * H : nullptr;
-
-  Tensor h = copied<T>(h0);
+  Tensor xg = lstm || gru ? at::empty({chunk_capacity, GH}, x.options()) : Tensor();
+  // W_ih and W_hh transposed, with their columns in team order: each
+  // thread's gate columns side by side (see own_columns below).
+  Tensor w_ih_rows = at::empty({x.size(1), GH}, x.options());
   Tensor c = lstm ? copied<T>(c0) : Tensor();
-  const int64_t saved = lstm ? 5 * H : (gru ? 4 * H : 0);
   Tensor workspace = at::empty({train ? N : 0, train ? saved : 0}, x.options());
   Tensor hg = at::empty({B, GH}, x.options());
-  // Without a workspace, the gate activations of a step go to this scratch.
-  Tensor act = train || !(lstm || gru) ? Tensor() : at::empty({B, GH}, x.options());
   Tensor m = projected ? at::empty({B, H}, x.options()) : Tensor();
 
-  const Tensor w_hh_rows = transposed<T>(w.w_hh);
+  Tensor w_hh_rows = at::empty({H_out, GH}, x.options());
   const Tensor w_hr_rows = projected ? transposed<T>(w.w_hr) : Tensor();
 
-  const T* xg_data = xg.const_data_ptr<T>();
+  const int64_t I = x.size(1);
+  const T* x_data = x.const_data_ptr<T>();
+  const T* w_ih_source = w.w_ih.const_data_ptr<T>();
+  const T* w_hh_source = w.w_hh.const_data_ptr<T>();
+  T* w_ih_data = w_ih_rows.mutable_data_ptr<T>();
+  const T* h0_data = h0.const_data_ptr<T>();
+  T* w_hh_data = w_hh_rows.mutable_data_ptr<T>();
+  const T* w_hr_data = projected ? w_hr_rows.const_data_ptr<T>() : nullptr;
   T* hg_data = hg.mutable_data_ptr<T>();
-  T* h_data = h.mutable_data_ptr<T>();
   T* c_data = lstm ? c.mutable_data_ptr<T>() : nullptr;
   T* m_data = projected ? m.mutable_data_ptr<T>() : nullptr;
   T* out_data = output.mutable_data_ptr<T>();
   T* ws_data = train ? workspace.mutable_data_ptr<T>() : nullptr;
-  T* act_data = act.defined() ? act.mutable_data_ptr<T>() : nullptr;
+  // The pre-activations of the current chunk: row r of the chunk is packed
+  // row chunk_first + r.
+  T* xg_data = lstm || gru ? xg.mutable_data_ptr<T>() : out_data;
+  const int64_t ld_xg = lstm || gru ? GH : H_out;
 
-  // An LSTM step of medium size runs in one parallel region: each thread
-  // computes the four gate columns of its slice of hidden units, then that
-  // slice's gates. Every thread's product reads all of h, so the new state
-  // goes to h_next and is copied to h after the region.
-  const bool split = lstm && !projected && at::get_num_threads() > 1 &&
-                     B * H * GH >= kSplitStep;
-  Tensor h_next = split ? at::empty({B, H}, x.options()) : Tensor();
-  T* h_next_data = split ? h_next.mutable_data_ptr<T>() : nullptr;
-  const T* w_hh_data = w_hh_rows.const_data_ptr<T>();
-
-  for (int64_t s = 0; s < steps.count; ++s) {
-    const int64_t t = reverse ? steps.count - 1 - s : s;
-    const int64_t rows = steps.sizes[t], offset = steps.offsets[t];
-    if (split && rows * H * GH >= kSplitStep) {
-      at::parallel_for(0, H, kSplitUnits, [&](int64_t first, int64_t last) {
-        const int64_t units = last - first;
-        const Strided<T> state{h_data, H, 1};
-        for (int64_t gate = 0; gate < 4; ++gate) {
-          const int64_t column = gate * H + first;
-          gemm_range<T>(state, rows, H, w_hh_data + column, GH, hg_data + column, GH,
-                        false, 0, units);
-        }
-        for (int64_t b = 0; b < rows; ++b) {
-          const T* xg_row = xg_data + (offset + b) * GH + first;
-          const T* hg_row = hg_data + b * GH + first;
-          T* out_row = out_data + (offset + b) * H + first;
-          T* c_row = c_data + b * H + first;
-          T* h_row = h_next_data + b * H + first;
-          if (train) {
-            T* ws_row = ws_data + (offset + b) * saved + first;
-            lstm_row<T, true>(H, units, xg_row, hg_row, ws_row, c_row, h_row, out_row);
-          } else {
-            T* act_row = act_data + b * GH + first;
-            lstm_row<T, false>(H, units, xg_row, hg_row, act_row, c_row, h_row, out_row);
-          }
-        }
-      });
-      std::memcpy(h_data, h_next_data, rows * H * sizeof(T));
-      continue;
+  // A step reads the state it starts from in the output rows of the step
+  // before (or in h0), so the loop keeps no state buffer but c, whose units
+  // each thread only reads and writes in its own slice.
+  const int64_t largest = steps.count > 0 ? steps.sizes[0] * H_out * GH : 0;
+  run_team(team_size(largest), [&](const Team& team) {
+    constexpr int64_t L = Vector<T>::kLanes;
+    const auto [u0, u1] = team.slice(H, L);
+    const auto [p0, p1] = team.slice(H_out, L);
+    const int64_t units = u1 - u0;
+    // The columns of the products (W_ih and W_hh transposed, the input
+    // projection xg and the step product hg) are in team order. The thread
+    // with units [u0, u1) owns columns [G * u0, G * u1), with its gate blocks
+    // side by side, units apart. Each thread fills its columns of the weights
+    // and computes and reads only its own columns of xg and hg, so these need
+    // no barrier, and its products run over one range of columns. With one
+    // thread, this is the usual order of the gate blocks.
+    const int64_t own_first = G * u0, own_end = G * u1;
+    for (int64_t gate = 0; gate < G; ++gate) {
+      for (int64_t j = 0; j < units; ++j) {
+        const int64_t column = own_first + gate * units + j, unit = gate * H + u0 + j;
+        const T* w_ih_row = w_ih_source + unit * I;
+        for (int64_t k = 0; k < I; ++k) w_ih_data[k * GH + column] = w_ih_row[k];
+        const T* w_hh_row = w_hh_source + unit * H_out;
+        for (int64_t k = 0; k < H_out; ++k) w_hh_data[k * GH + column] = w_hh_row[k];
+      }
     }
-    matmul_rows<T>(h, 0, rows, w_hh_rows, hg, 0, false, false);
-
-    for_rows(rows, GH, [&](int64_t begin, int64_t end) {
-      for (int64_t b = begin; b < end; ++b) {
-        const T* xg_row = xg_data + (offset + b) * GH;
-        T* hg_row = hg_data + b * GH;
-        T* out_row = out_data + (offset + b) * H_out;
-        T* ws_row = train ? ws_data + (offset + b) * saved
-                          : (act.defined() ? act_data + b * GH : nullptr);
+    auto own_columns = [&](const auto& fn) {
+      if (units > 0) fn(own_first, own_end);
+    };
+    int64_t chunk = 0, chunk_first = 0;
+    for (int64_t s = 0; s < steps.count; ++s) {
+      const int64_t t = reverse ? steps.count - 1 - s : s;
+      const int64_t rows = steps.sizes[t], offset = steps.offsets[t];
+      if (s == chunk_starts[chunk]) {
+        // The chunk's steps cover consecutive packed rows in either direction.
+        const int64_t t_last = reverse ? steps.count - chunk_starts[chunk + 1]
+                                       : chunk_starts[chunk + 1] - 1;
+        const int64_t first = std::min(offset, steps.offsets[t_last]);
+        const int64_t end = std::max(offset + rows, steps.offsets[t_last] + steps.sizes[t_last]);
+        chunk_first = lstm || gru ? first : 0;
+        const Strided<T> x_rows{x_data + first * I, I, 1};
+        T* target = xg_data + (first - chunk_first) * ld_xg;
+        own_columns([&](int64_t begin, int64_t stop) {
+          gemm_range<T>(x_rows, end - first, I, w_ih_data, GH, target, ld_xg, false, begin,
+                        stop);
+        });
+        ++chunk;
+      }
+      const int64_t before = reverse ? t + 1 : t - 1;
+      const bool chained = before >= 0 && before < steps.count;
+      // Rows [0, carried) continue from the step before; the rest (only in
+      // reverse, where the batch grows) start from h0.
+      const int64_t carried = chained ? std::min(rows, steps.sizes[before]) : 0;
+      const T* carried_data = out_data + (chained ? steps.offsets[before] : 0) * H_out;
+      const Strided<T> from_before{carried_data, H_out, 1};
+      const Strided<T> from_h0{h0_data + carried * H_out, H_out, 1};
+      auto product = [&](int64_t begin, int64_t end) {
+        gemm_range<T>(from_before, carried, H_out, w_hh_data, GH, hg_data, GH, false,
+                      begin, end);
+        gemm_range<T>(from_h0, rows - carried, H_out, w_hh_data, GH,
+                      hg_data + carried * GH, GH, false, begin, end);
+      };
+      own_columns(product);
+      if (units > 0) {
+        const Rows<const T> xg_rows{xg_data + (offset - chunk_first) * ld_xg + own_first,
+                                    ld_xg};
+        const Rows<const T> hg_rows{hg_data + own_first, GH};
+        const Rows<T> out_rows{out_data + offset * H_out + u0, H_out};
+        // Without a workspace, act is never written.
+        const Rows<T> ws_rows{train ? ws_data + offset * saved + u0 : nullptr,
+                              train ? saved : 0};
         if (lstm) {
-          T* h_row = projected ? m_data + b * H : h_data + b * H_out;
-          T* o_row = projected ? nullptr : out_row;
+          const Rows<T> c_rows{c_data + u0, H};
+          const Rows<T> h_rows = projected ? Rows<T>{m_data + u0, H} : out_rows;
           if (train) {
-            lstm_row<T, true>(H, H, xg_row, hg_row, ws_row, c_data + b * H, h_row, o_row);
+            lstm_rows<T, true>(rows, H, units, units, xg_rows, bias + u0, hg_rows, ws_rows,
+                               c_rows, h_rows);
           } else {
-            lstm_row<T, false>(H, H, xg_row, hg_row, ws_row, c_data + b * H, h_row, o_row);
+            lstm_rows<T, false>(rows, H, units, units, xg_rows, bias + u0, hg_rows, ws_rows,
+                                c_rows, h_rows);
           }
         } else if (gru) {
-          if (train) {
-            gru_row<T, true>(H, xg_row, hg_row, b_hn, ws_row, h_data + b * H, out_row);
-          } else {
-            gru_row<T, false>(H, xg_row, hg_row, b_hn, ws_row, h_data + b * H, out_row);
-          }
+          // Rows [0, carried) start from the step before, the rest from h0.
+          const Rows<const T> before_rows{carried_data + u0, H_out};
+          const Rows<const T> h0_rows{h0_data + carried * H_out + u0, H_out};
+          auto run = [&](int64_t first, int64_t count, Rows<const T> h_prev) {
+            if (count == 0) return;
+            const Rows<const T> x{xg_rows[first], ld_xg};
+            const Rows<const T> u{hg_rows[first], GH};
+            const Rows<T> a{ws_rows[first], ws_rows.stride};
+            const Rows<T> o{out_rows[first], H_out};
+            if (train) {
+              gru_rows<T, true>(count, H, units, units, x, bias + u0, u, b_hn + u0, a, h_prev,
+                                o);
+            } else {
+              gru_rows<T, false>(count, H, units, units, x, bias + u0, u, b_hn + u0, a, h_prev,
+                                 o);
+            }
+          };
+          run(0, carried, before_rows);
+          run(carried, rows - carried, h0_rows);
         } else {
-          rnn_row<T>(mode, H, hg_row, h_data + b * H, out_row);
+          rnn_rows<T>(mode, rows, units, bias + u0, hg_rows, out_rows);
         }
       }
-    });
+      if (projected) {
+        // The projection reads every unit of m.
+        team.sync();
+        gemm_range<T>({m_data, H, 1}, rows, H, w_hr_data, H_out,
+                      out_data + offset * H_out, H_out, false, p0, p1);
+      }
+      team.sync();
+    }
+  });
 
-    if (projected) {
-      matmul_rows<T>(m, 0, rows, w_hr_rows, h, 0, false, false);
-      std::memcpy(out_data + offset * H_out, h_data, rows * H_out * sizeof(T));
+  // The final state of each row is the output of its last step in the
+  // direction of travel, or h0 for a row that no step reaches.
+  Tensor h = copied<T>(h0);
+  T* h_data = h.mutable_data_ptr<T>();
+  for (int64_t t = 0; t < steps.count; ++t) {
+    const int64_t ends_from = reverse ? (t == 0 ? 0 : steps.sizes[t])
+                                      : (t + 1 < steps.count ? steps.sizes[t + 1] : 0);
+    const int64_t ends_to = steps.sizes[t];
+    if (ends_to > ends_from) {
+      std::memcpy(h_data + ends_from * H_out, out_data + (steps.offsets[t] + ends_from) * H_out,
+                  (ends_to - ends_from) * H_out * sizeof(T));
     }
   }
   return {output, h, lstm ? c : at::empty({0}, x.options()), workspace};
 }
 
-// Backward gate arithmetic of one row. dh contains dL/dh_t of the row on
-// entry, and the GRU row replaces it with the part of dL/dh_{t-1} that bypasses W_hh.
+// Backward gate arithmetic of the rows of one step, for hidden units
+// [0, units) of a slice. Every pointer starts at the slice's first unit, and
+// gate blocks are H apart. dh contains dL/dh_t of the rows on entry, and the
+// GRU replaces it with the part of dL/dh_{t-1} that bypasses W_hh.
 
 template <typename T>
-__attribute__((noinline)) void rnn_backward_row(Mode mode, int64_t H, const T* __restrict out,
-                             const T* __restrict dh, T* __restrict dg) {
-  if (mode == Mode::kTanh) {
-    for (int64_t j = 0; j < H; ++j) dg[j] = dh[j] * (T(1) - out[j] * out[j]);
-  } else {
-    for (int64_t j = 0; j < H; ++j) dg[j] = out[j] > T(0) ? dh[j] : T(0);
+__attribute__((noinline)) void rnn_backward_rows(Mode mode, int64_t rows, int64_t units,
+                                                 Rows<const T> out, Rows<const T> dh,
+                                                 Rows<T> dg) {
+  for (int64_t b = 0; b < rows; ++b) {
+    const T* __restrict o = out[b];
+    const T* __restrict d = dh[b];
+    T* __restrict g = dg[b];
+    if (mode == Mode::kTanh) {
+#pragma GCC ivdep
+      for (int64_t j = 0; j < units; ++j) g[j] = d[j] * (T(1) - o[j] * o[j]);
+    } else {
+#pragma GCC ivdep
+      for (int64_t j = 0; j < units; ++j) g[j] = o[j] > T(0) ? d[j] : T(0);
+    }
   }
 }
 
-template <typename T>
-__attribute__((noinline)) void lstm_backward_row(int64_t H, const T* __restrict act,
-                              const T* __restrict c_prev, const T* __restrict dh,
-                              T* __restrict dc, T* __restrict dg, T* __restrict m) {
-  for (int64_t j = 0; j < H; ++j) {
-    const T i = act[j], f = act[H + j], g = act[2 * H + j], o = act[3 * H + j];
-    const T tanh_c = Math<T>::tanh(act[4 * H + j]);
-    const T dc_next = dc[j] + dh[j] * o * (T(1) - tanh_c * tanh_c);
-    const T d_o = dh[j] * tanh_c;
-    dg[j] = dc_next * g * i * (T(1) - i);
-    dg[H + j] = dc_next * c_prev[j] * f * (T(1) - f);
-    dg[2 * H + j] = dc_next * i * (T(1) - g * g);
-    dg[3 * H + j] = d_o * o * (T(1) - o);
-    dc[j] = dc_next * f;
-    if (m != nullptr) m[j] = o * tanh_c;
+// With a projection, m receives o * tanh(c), the input of the projection.
+template <typename T, bool kProjected>
+__attribute__((noinline)) void lstm_backward_rows(int64_t rows, int64_t H, int64_t units,
+                                                  Rows<const T> act, Rows<const T> c_prev,
+                                                  Rows<const T> dh, Rows<T> dc, Rows<T> dg,
+                                                  Rows<T> m) {
+  for (int64_t b = 0; b < rows; ++b) {
+    const T* __restrict a = act[b];
+    const T* __restrict c = c_prev[b];
+    const T* __restrict d = dh[b];
+    T* __restrict dc_row = dc[b];
+    T* __restrict g_row = dg[b];
+    T* __restrict m_row = m[b];
+#pragma GCC ivdep
+    for (int64_t j = 0; j < units; ++j) {
+      const T i = a[j], f = a[H + j], g = a[2 * H + j], o = a[3 * H + j];
+      const T tanh_c = Math<T>::tanh(a[4 * H + j]);
+      const T dc_next = dc_row[j] + d[j] * o * (T(1) - tanh_c * tanh_c);
+      const T d_o = d[j] * tanh_c;
+      g_row[j] = dc_next * g * i * (T(1) - i);
+      g_row[H + j] = dc_next * c[j] * f * (T(1) - f);
+      g_row[2 * H + j] = dc_next * i * (T(1) - g * g);
+      g_row[3 * H + j] = d_o * o * (T(1) - o);
+      dc_row[j] = dc_next * f;
+      if (kProjected) m_row[j] = o * tanh_c;
+    }
   }
 }
 
+// dg_recurrent receives the gradients of the recurrent pre-activations,
+// which differ from dg in the n block by the factor r.
 template <typename T>
-__attribute__((noinline)) void gru_backward_row(int64_t H, const T* __restrict act,
-                             const T* __restrict h_prev, T* __restrict dh,
-                             T* __restrict dg, T* __restrict dg_recurrent) {
-  for (int64_t j = 0; j < H; ++j) {
-    const T r = act[j], z = act[H + j], n = act[2 * H + j], hn = act[3 * H + j];
-    const T d = dh[j];
-    const T dn_pre = d * (T(1) - z) * (T(1) - n * n);
-    const T dz = d * (h_prev[j] - n);
-    const T dr_pre = dn_pre * hn * r * (T(1) - r);
-    const T dz_pre = dz * z * (T(1) - z);
-    dg[j] = dr_pre;
-    dg[H + j] = dz_pre;
-    dg[2 * H + j] = dn_pre;
-    dg_recurrent[j] = dr_pre;
-    dg_recurrent[H + j] = dz_pre;
-    dg_recurrent[2 * H + j] = dn_pre * r;
-    dh[j] = d * z;
+__attribute__((noinline)) void gru_backward_rows(int64_t rows, int64_t H, int64_t units,
+                                                 Rows<const T> act, Rows<const T> h_prev,
+                                                 Rows<T> dh, Rows<T> dg,
+                                                 Rows<T> dg_recurrent) {
+  for (int64_t b = 0; b < rows; ++b) {
+    const T* __restrict a = act[b];
+    const T* __restrict h = h_prev[b];
+    T* __restrict dh_row = dh[b];
+    T* __restrict g = dg[b];
+    T* __restrict gr = dg_recurrent[b];
+#pragma GCC ivdep
+    for (int64_t j = 0; j < units; ++j) {
+      const T r = a[j], z = a[H + j], n = a[2 * H + j], hn = a[3 * H + j];
+      const T d = dh_row[j];
+      const T dn_pre = d * (T(1) - z) * (T(1) - n * n);
+      const T dz = d * (h[j] - n);
+      const T dr_pre = dn_pre * hn * r * (T(1) - r);
+      const T dz_pre = dz * z * (T(1) - z);
+      g[j] = dr_pre;
+      g[H + j] = dz_pre;
+      g[2 * H + j] = dn_pre;
+      gr[j] = dr_pre;
+      gr[H + j] = dz_pre;
+      gr[2 * H + j] = dn_pre * r;
+      dh_row[j] = d * z;
+    }
   }
 }
 
@@ -722,20 +908,21 @@ void accumulate_recurrent_weight_grad(const Tensor& dgates, const Tensor& output
   }
 }
 
-// dst[r, :] += src[offset + r, :] for r < rows, where src has strides
-// (stride0, stride1). A loss such as output.sum() passes an expanded gradient
-// with strides (0, 0), which is read in place rather than copied.
+// dst[r, begin:end] += src[offset + r, begin:end] for r < rows, where src
+// has strides (stride0, stride1) and dst rows are width apart. A loss such as
+// output.sum() passes an expanded gradient with strides (0, 0), which is read
+// in place rather than copied.
 template <typename T>
 void add_rows(const T* src, int64_t stride0, int64_t stride1, int64_t offset,
-              int64_t rows, int64_t width, T* __restrict dst) {
-  if (stride1 == 1 && stride0 == width) {
-    const T* __restrict g = src + offset * width;
-    for (int64_t k = 0; k < rows * width; ++k) dst[k] += g[k];
-    return;
-  }
+              int64_t rows, int64_t width, int64_t begin, int64_t end, T* __restrict dst) {
   for (int64_t r = 0; r < rows; ++r) {
     const T* g = src + (offset + r) * stride0;
-    for (int64_t k = 0; k < width; ++k) dst[r * width + k] += g[k * stride1];
+    T* __restrict d = dst + r * width;
+    if (stride1 == 1) {
+      for (int64_t k = begin; k < end; ++k) d[k] += g[k];
+    } else {
+      for (int64_t k = begin; k < end; ++k) d[k] += g[k * stride1];
+    }
   }
 }
 
@@ -772,13 +959,16 @@ Gradients backward_impl(Mode mode, const Tensor& grad_output, const Tensor& grad
   // block, by the factor r, so the GRU also keeps one step of the recurrent
   // side in dgates_step.
   Tensor dgates = at::empty({N, GH}, x.options());
-  Tensor dgates_step = gru ? at::empty({B, GH}, x.options()) : Tensor();
+  // Two buffers, so that a thread may write the next step's while another
+  // still reads this one's.
+  Tensor dgates_step = gru ? at::empty({2, B, GH}, x.options()) : Tensor();
   Tensor dm = projected ? at::empty({B, H}, x.options()) : Tensor();
   Tensor m = projected ? at::empty({B, H}, x.options()) : Tensor();
   Tensor grad_w_hr = projected ? at::zeros_like(w.w_hr) : at::empty({0}, x.options());
 
-  const Tensor w_hh_rows = w.w_hh.contiguous();
-  const Tensor w_hr_rows = projected ? w.w_hr.contiguous() : Tensor();
+  const T* w_hh_data = w.w_hh.const_data_ptr<T>();
+  const T* w_hr_data = projected ? w.w_hr.const_data_ptr<T>() : nullptr;
+  T* grad_w_hr_data = projected ? grad_w_hr.mutable_data_ptr<T>() : nullptr;
 
   const T* act_data = saved ? workspace.const_data_ptr<T>() : nullptr;
   const T* out_data = output.const_data_ptr<T>();
@@ -792,49 +982,84 @@ Gradients backward_impl(Mode mode, const Tensor& grad_output, const Tensor& grad
   T* dm_data = projected ? dm.mutable_data_ptr<T>() : nullptr;
   T* m_data = projected ? m.mutable_data_ptr<T>() : nullptr;
 
-  for (int64_t s = steps.count - 1; s >= 0; --s) {
-    const int64_t t = reverse ? steps.count - 1 - s : s;
-    const int64_t rows = steps.sizes[t], offset = steps.offsets[t];
-    if (gout_data != nullptr) {
-      add_rows<T>(gout_data, grad_output.stride(0), grad_output.stride(1), offset, rows,
-                  H_out, dh_data);
-    }
-    if (projected) {
-      matmul_rows<T>(dh, 0, rows, w_hr_rows, dm, 0, false);
-    }
-
-    for_rows(rows, GH, [&](int64_t begin, int64_t end) {
-      for (int64_t b = begin; b < end; ++b) {
-        const int64_t row = offset + b;
-        const int64_t before = steps.previous_row(t, b, reverse);
-        T* dg_row = dg_data + row * GH;
-        if (lstm) {
-          const T* c_prev = before >= 0 ? act_data + before * saved + 4 * H : c0_data + b * H;
-          const T* dh_row = projected ? dm_data + b * H : dh_data + b * H_out;
-          T* m_row = projected ? m_data + b * H : nullptr;
-          lstm_backward_row<T>(H, act_data + row * saved, c_prev, dh_row,
-                               dc_data + b * H, dg_row, m_row);
-        } else if (gru) {
-          const T* h_prev = before >= 0 ? out_data + before * H : h0_data + b * H;
-          gru_backward_row<T>(H, act_data + row * saved, h_prev, dh_data + b * H, dg_row,
-                              dgs_data + b * GH);
-        } else {
-          rnn_backward_row<T>(mode, H, out_data + row * H, dh_data + b * H, dg_row);
-        }
+  // The same team as the forward: each thread owns units [u0, u1) of the
+  // gate arithmetic and columns [p0, p1) of dh (the same range without a
+  // projection). The step product dh = dgates @ W_hh reads every gate
+  // column of the step, hence one barrier before it.
+  const int64_t gout_stride0 = gout_data != nullptr ? grad_output.stride(0) : 0;
+  const int64_t gout_stride1 = gout_data != nullptr ? grad_output.stride(1) : 0;
+  const int64_t largest = steps.count > 0 ? steps.sizes[0] * H_out * GH : 0;
+  run_team(team_size(largest), [&](const Team& team) {
+    constexpr int64_t L = Vector<T>::kLanes;
+    const auto [u0, u1] = team.slice(H, L);
+    const auto [p0, p1] = team.slice(H_out, L);
+    const int64_t units = u1 - u0;
+    for (int64_t s = steps.count - 1; s >= 0; --s) {
+      const int64_t t = reverse ? steps.count - 1 - s : s;
+      const int64_t rows = steps.sizes[t], offset = steps.offsets[t];
+      if (gout_data != nullptr) {
+        add_rows<T>(gout_data, gout_stride0, gout_stride1, offset, rows, H_out, p0, p1,
+                    dh_data);
       }
-    });
-
-    if (projected) {
-      grad_w_hr.addmm_(dh.narrow(0, 0, rows).t(), m.narrow(0, 0, rows));
+      if (projected) {
+        // dm = dh @ W_hr reads every column of dh.
+        team.sync();
+        gemm_range<T>({dh_data, H_out, 1}, rows, H_out, w_hr_data, H, dm_data, H, false, u0,
+                      u1);
+      }
+      T* dgs_step = gru ? dgs_data + (s % 2) * B * GH : nullptr;
+      // Rows [0, carried) started from the step before, the rest from the
+      // initial state (only in reverse, where the batch grows).
+      const int64_t before = reverse ? t + 1 : t - 1;
+      const bool chained = before >= 0 && before < steps.count;
+      const int64_t carried = chained ? std::min(rows, steps.sizes[before]) : 0;
+      const int64_t before_offset = chained ? steps.offsets[before] : 0;
+      auto segment = [&](int64_t first, int64_t count, bool from_before) {
+        if (count == 0 || units == 0) return;
+        const int64_t row = offset + first;
+        const Rows<const T> act{act_data + row * saved + u0, saved};
+        const Rows<T> dg{dg_data + row * GH + u0, GH};
+        if (lstm) {
+          const Rows<const T> c_prev =
+              from_before ? Rows<const T>{act_data + (before_offset + first) * saved + 4 * H + u0,
+                                          saved}
+                          : Rows<const T>{c0_data + first * H + u0, H};
+          const Rows<T> dc{dc_data + first * H + u0, H};
+          if (projected) {
+            const Rows<T> m{m_data + first * H + u0, H};
+            const Rows<const T> d{dm_data + first * H + u0, H};
+            lstm_backward_rows<T, true>(count, H, units, act, c_prev, d, dc, dg, m);
+          } else {
+            const Rows<const T> d{dh_data + first * H_out + u0, H_out};
+            lstm_backward_rows<T, false>(count, H, units, act, c_prev, d, dc, dg, {nullptr, 0});
+          }
+        } else if (gru) {
+          const Rows<const T> h_prev =
+              from_before ? Rows<const T>{out_data + (before_offset + first) * H + u0, H}
+                          : Rows<const T>{h0_data + first * H + u0, H};
+          gru_backward_rows<T>(count, H, units, act, h_prev, {dh_data + first * H + u0, H}, dg,
+                               {dgs_step + first * GH + u0, GH});
+        } else {
+          rnn_backward_rows<T>(mode, count, units, {out_data + row * H + u0, H},
+                               {dh_data + first * H + u0, H}, dg);
+        }
+      };
+      segment(0, carried, true);
+      segment(carried, rows - carried, false);
+      if (projected && units > 0) {
+        // grad_w_hr[:, u0:u1] += dh^T @ m[:, u0:u1], before the step product
+        // below changes dh.
+        gemm_range<T>({dh_data, 1, H_out}, H_out, rows, m_data, H, grad_w_hr_data, H, true,
+                      u0, u1);
+      }
+      team.sync();
+      // The GRU's gate loop already stored d * z, the part of dL/dh_{t-1}
+      // that bypasses W_hh, so its product adds to dh.
+      const T* dg_recurrent = gru ? dgs_step : dg_data + offset * GH;
+      gemm_range<T>({dg_recurrent, GH, 1}, rows, GH, w_hh_data, H_out, dh_data, H_out, gru,
+                    p0, p1);
     }
-    // The GRU's gate loop already stored d * z, the part of dL/dh_{t-1} that
-    // bypasses W_hh, so its product adds to dh.
-    if (gru) {
-      matmul_rows<T>(dgates_step, 0, rows, w_hh_rows, dh, 0, true);
-    } else {
-      matmul_rows<T>(dgates, offset, rows, w_hh_rows, dh, 0, false);
-    }
-  }
+  });
 
   // Input side, then (GRU) turn the n block into the recurrent side in place.
   Tensor grad_x = input_grad ? at::empty({N, x.size(1)}, x.options())
