@@ -250,7 +250,7 @@ class RecurrentBase(nn.Module):
                 False,
                 generator,
             )
-            return output, tuple(torch.stack((state,)) for state in final)
+            return output, tuple(state.unsqueeze(0) for state in final)
         finals: list[list[Tensor]] = [[] for _ in initial]
         for layer in range(self.num_layers):
             outputs = []

@@ -217,22 +217,44 @@ inline __attribute__((always_inline)) void gemm_block(Strided<T> a, int64_t K, c
                                                       bool accumulate) {
   using Vec = typename Vector<T>::Type;
   constexpr int64_t L = Vector<T>::kLanes;
-  Vec sums[R][V];
-  for (int r = 0; r < R; ++r) {
-    for (int v = 0; v < V; ++v) sums[r][v] = Vec{};
+  // With few accumulators, each one's chain of dependent multiply-adds
+  // would set the pace, so C chains per accumulator take alternate k.
+  constexpr int C = R * V >= 8 ? 1 : (R * V >= 4 ? 2 : 4);
+  Vec sums[C][R][V];
+  for (int c = 0; c < C; ++c) {
+    for (int r = 0; r < R; ++r) {
+      for (int v = 0; v < V; ++v) sums[c][r][v] = Vec{};
+    }
   }
-  for (int64_t k = 0; k < K; ++k) {
+  int64_t k = 0;
+  for (; k + C <= K; k += C) {
+    for (int c = 0; c < C; ++c) {
+      Vec w_k[V];
+      for (int v = 0; v < V; ++v) w_k[v] = load_vector<Vec>(w + (k + c) * ldw + v * L);
+      for (int r = 0; r < R; ++r) {
+        const T value = a.at(r, k + c);
+        for (int v = 0; v < V; ++v) sums[c][r][v] += value * w_k[v];
+      }
+    }
+  }
+  for (; k < K; ++k) {
     Vec w_k[V];
     for (int v = 0; v < V; ++v) w_k[v] = load_vector<Vec>(w + k * ldw + v * L);
     for (int r = 0; r < R; ++r) {
       const T value = a.at(r, k);
-      for (int v = 0; v < V; ++v) sums[r][v] += value * w_k[v];
+      for (int v = 0; v < V; ++v) sums[0][r][v] += value * w_k[v];
     }
   }
+  for (int c = 1; c < C; ++c) {
+    for (int r = 0; r < R; ++r) {
+      for (int v = 0; v < V; ++v) sums[0][r][v] += sums[c][r][v];
+    }
+  }
+  Vec (&total)[R][V] = sums[0];
   for (int r = 0; r < R; ++r) {
     for (int v = 0; v < V; ++v) {
       T* target = out + r * ldo + v * L;
-      store_vector(target, accumulate ? load_vector<Vec>(target) + sums[r][v] : sums[r][v]);
+      store_vector(target, accumulate ? load_vector<Vec>(target) + total[r][v] : total[r][v]);
     }
   }
 }
@@ -243,21 +265,49 @@ inline __attribute__((always_inline)) void gemm_block(Strided<T> a, int64_t K, c
 template <typename T, int V>
 void gemm_columns(Strided<T> a, int64_t rows, int64_t K, const T* w, int64_t ldw,
                   T* out, int64_t ldo, bool accumulate) {
-  constexpr int R = V == 4 ? 4 : 8;
+  constexpr int R = V == 4 ? 6 : 8;
   int64_t r = 0;
   for (; r + R <= rows; r += R) {
     const Strided<T> block{&a.at(r, 0), a.row_stride, a.column_stride};
     gemm_block<T, R, V>(block, K, w, ldw, out + r * ldo, ldo, accumulate);
   }
-  if (R > 4 && r + 4 <= rows) {
+  if (r + 4 <= rows) {
     const Strided<T> block{&a.at(r, 0), a.row_stride, a.column_stride};
     gemm_block<T, 4, V>(block, K, w, ldw, out + r * ldo, ldo, accumulate);
     r += 4;
+  }
+  if (r + 2 <= rows) {
+    const Strided<T> block{&a.at(r, 0), a.row_stride, a.column_stride};
+    gemm_block<T, 2, V>(block, K, w, ldw, out + r * ldo, ldo, accumulate);
+    r += 2;
   }
   for (; r < rows; ++r) {
     const Strided<T> block{&a.at(r, 0), a.row_stride, a.column_stride};
     gemm_block<T, 1, V>(block, K, w, ldw, out + r * ldo, ldo, accumulate);
   }
+}
+
+// The dot product of row r of a and y[:K], in vectors when a's row is
+// contiguous.
+template <typename T>
+T dot(Strided<T> a, int64_t r, const T* y, int64_t K) {
+  using Vec = typename Vector<T>::Type;
+  constexpr int64_t L = Vector<T>::kLanes;
+  int64_t k = 0;
+  T sum = T(0);
+  if (a.column_stride == 1) {
+    const T* x = &a.at(r, 0);
+    Vec sums[4] = {};
+    for (; k + 4 * L <= K; k += 4 * L) {
+      for (int c = 0; c < 4; ++c) {
+        sums[c] += load_vector<Vec>(x + k + c * L) * load_vector<Vec>(y + k + c * L);
+      }
+    }
+    const Vec total = (sums[0] + sums[1]) + (sums[2] + sums[3]);
+    for (int64_t lane = 0; lane < L; ++lane) sum += total[lane];
+  }
+  for (; k < K; ++k) sum += a.at(r, k) * y[k];
+  return sum;
 }
 
 // out[:, begin:end] (+)= a @ w[:, begin:end] for a (rows, K) and w (K, M) with
@@ -276,18 +326,6 @@ void gemm_range(Strided<T> a, int64_t rows, int64_t K, const T* w, int64_t ldw, 
     }
     return;
   }
-  // A long inner dimension goes in blocks, each summed on its own and then
-  // added to out: shorter chains of additions lose less precision (a float32
-  // chain of 900 terms missed the reference path by 1.3e-5).
-  constexpr int64_t kDepthChunk = 64;
-  if (K > kDepthChunk) {
-    for (int64_t k = 0; k < K; k += kDepthChunk) {
-      const Strided<T> block{&a.at(0, k), a.row_stride, a.column_stride};
-      gemm_range<T>(block, rows, std::min(kDepthChunk, K - k), w + k * ldw, ldw, out, ldo,
-                    accumulate || k > 0, begin, end);
-    }
-    return;
-  }
   constexpr int64_t L = Vector<T>::kLanes;
   int64_t j = begin;
   for (; j + 4 * L <= end; j += 4 * L) {
@@ -300,11 +338,14 @@ void gemm_range(Strided<T> a, int64_t rows, int64_t K, const T* w, int64_t ldw, 
   for (; j + L <= end; j += L) {
     gemm_columns<T, 1>(a, rows, K, w + j, ldw, out + j, ldo, accumulate);
   }
+  // The last columns, fewer than a vector (all of them for a gradient with
+  // respect to an input of a few features), as dot products along K.
+  std::vector<T> column(j < end ? K : 0);
   for (; j < end; ++j) {
+    for (int64_t k = 0; k < K; ++k) column[k] = w[k * ldw + j];
     for (int64_t r = 0; r < rows; ++r) {
-      T sum = accumulate ? out[r * ldo + j] : T(0);
-      for (int64_t k = 0; k < K; ++k) sum += a.at(r, k) * w[k * ldw + j];
-      out[r * ldo + j] = sum;
+      const T sum = dot<T>(a, r, column.data(), K);
+      out[r * ldo + j] = accumulate ? out[r * ldo + j] + sum : sum;
     }
   }
 }
@@ -399,12 +440,12 @@ struct Rows {
 // Forward gate arithmetic of the rows of one step, for hidden units
 // [0, units) of a slice. Every pointer starts at the slice's first unit. The
 // gate blocks of bias and act are H apart, and those of xg and hg gs apart
-// (see the column order in forward_impl). bias holds every bias that
-// adds to a pre-activation (zeros without biases); the GRU's b_hn is apart,
-// because r multiplies it. act receives the gate activations when kSave is
-// set (a workspace row for the backward). One call per step and slice keeps
-// the loop set-up out of the rows, and the functions are not inlined,
-// because GCC 12 vectorises these loops only when it compiles them alone.
+// (see the column order in forward_impl). bias contains every bias that
+// adds to a pre-activation, or zeros. The GRU's b_hn is apart, because r
+// multiplies it. act receives the gate activations when kSave is set (the
+// workspace rows for the backward). One call per step and slice keeps the
+// loop set-up out of the rows. The functions are not inlined, and the unit
+// loops are marked ivdep, because GCC 12 left them scalar otherwise.
 
 // The Elman RNN's input projection is computed into its output rows, which
 // saves a buffer: out contains the input pre-activation on entry.
@@ -537,6 +578,24 @@ int64_t team_size(int64_t step_product) {
   return step_product >= kTeamProduct ? at::get_num_threads() : 1;
 }
 
+// target[c, r] = source[r, c] for r < rows and c < columns, with the rows of
+// source and target ld_source and ld_target apart. Tiles of 16 x 16 keep
+// both the reads and the writes within a few cache lines.
+template <typename T>
+void transpose_block(const T* source, int64_t ld_source, int64_t rows, int64_t columns,
+                     T* target, int64_t ld_target) {
+  constexpr int64_t kTile = 16;
+  for (int64_t r0 = 0; r0 < rows; r0 += kTile) {
+    const int64_t r1 = std::min(rows, r0 + kTile);
+    for (int64_t c0 = 0; c0 < columns; c0 += kTile) {
+      const int64_t c1 = std::min(columns, c0 + kTile);
+      for (int64_t c = c0; c < c1; ++c) {
+        for (int64_t r = r0; r < r1; ++r) target[c * ld_target + r] = source[r * ld_source + c];
+      }
+    }
+  }
+}
+
 // The transpose of a contiguous matrix, as a new contiguous one.
 template <typename T>
 Tensor transposed(const Tensor& matrix) {
@@ -667,13 +726,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> forward_impl(
     // thread, this is the usual order of the gate blocks.
     const int64_t own_first = G * u0, own_end = G * u1;
     for (int64_t gate = 0; gate < G; ++gate) {
-      for (int64_t j = 0; j < units; ++j) {
-        const int64_t column = own_first + gate * units + j, unit = gate * H + u0 + j;
-        const T* w_ih_row = w_ih_source + unit * I;
-        for (int64_t k = 0; k < I; ++k) w_ih_data[k * GH + column] = w_ih_row[k];
-        const T* w_hh_row = w_hh_source + unit * H_out;
-        for (int64_t k = 0; k < H_out; ++k) w_hh_data[k * GH + column] = w_hh_row[k];
-      }
+      const int64_t column = own_first + gate * units, unit = gate * H + u0;
+      transpose_block<T>(w_ih_source + unit * I, I, units, I, w_ih_data + column, GH);
+      transpose_block<T>(w_hh_source + unit * H_out, H_out, units, H_out, w_hh_data + column,
+                         GH);
     }
     auto own_columns = [&](const auto& fn) {
       if (units > 0) fn(own_first, own_end);
@@ -699,12 +755,20 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> forward_impl(
       }
       const int64_t before = reverse ? t + 1 : t - 1;
       const bool chained = before >= 0 && before < steps.count;
-      // Rows [0, carried) continue from the step before; the rest (only in
+      // Rows [0, carried) continue from the step before. The rest (only in
       // reverse, where the batch grows) start from h0.
       const int64_t carried = chained ? std::min(rows, steps.sizes[before]) : 0;
       const T* carried_data = out_data + (chained ? steps.offsets[before] : 0) * H_out;
       const Strided<T> from_before{carried_data, H_out, 1};
       const Strided<T> from_h0{h0_data + carried * H_out, H_out, 1};
+      // The other threads wrote their units of these rows, so they are not
+      // in this core's cache yet. Requesting them all at once overlaps the
+      // transfers (a few percent faster at 32 rows x 64 units).
+      if (team.size > 1) {
+        const char* base = reinterpret_cast<const char*>(carried_data);
+        const int64_t bytes = carried * H_out * static_cast<int64_t>(sizeof(T));
+        for (int64_t line = 0; line < bytes; line += 64) __builtin_prefetch(base + line);
+      }
       auto product = [&](int64_t begin, int64_t end) {
         gemm_range<T>(from_before, carried, H_out, w_hh_data, GH, hg_data, GH, false,
                       begin, end);
