@@ -10,6 +10,8 @@ from __future__ import annotations
 import copy
 import csv
 import logging
+import multiprocessing
+import queue
 import random
 from pathlib import Path
 
@@ -297,6 +299,40 @@ def test_fused_team_matches(cell, threads, dtype):
         assert_backends_agree(layer, make_input, dtype, lengths=lengths)
     finally:
         torch.set_num_threads(previous)
+
+
+def _forward_in_child(layer, x, results):
+    with torch.no_grad():
+        output, _ = layer(x)
+    # numpy, because torch's own parallel operations would hang in the child.
+    results.put(output.numpy())
+
+
+def test_fused_team_runs_in_forked_child():
+    # A forked child cannot use the OpenMP threads its parent started: a
+    # parallel region there would wait for them forever. The kernels run on
+    # one thread in such a child and give the parent's results.
+    torch.manual_seed(0)
+    layer = rnnkit.GRU(16, 64)
+    x = torch.randn(20, 32, 16)
+    with torch.no_grad():
+        expected, _ = layer(x)  # 32 x 64 x 192 per step: run on the team
+
+    context = multiprocessing.get_context("fork")
+    results = context.Queue()
+    child = context.Process(target=_forward_in_child, args=(layer, x, results))
+    child.start()
+    try:
+        # The child's queue only lets it exit once its result has been read.
+        output = results.get(timeout=60)
+    except queue.Empty:
+        output = None
+    child.join(10)
+    if child.is_alive():
+        child.kill()
+    assert output is not None, "the forked child gave no result within 60 s"
+    assert child.exitcode == 0
+    assert torch.equal(torch.from_numpy(output), expected)
 
 
 @pytest.mark.parametrize("cell", ["RNN", "GRU", "LSTM"])

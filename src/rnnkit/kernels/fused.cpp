@@ -29,13 +29,15 @@
 #include <torch/library.h>
 
 #include <omp.h>
+#include <pthread.h>
 
 #include <algorithm>
-#include <utility>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 namespace {
@@ -134,6 +136,15 @@ struct Steps {
     return offsets[before] + b;
   }
 };
+
+// Whether this process is a fork of one that may have started OpenMP
+// threads. libgomp's thread pool does not survive fork(): a child that opens
+// a parallel region after its parent did waits for the parent's threads
+// forever, so a forked child runs the kernels on one thread. NOTE: torch's
+// own parallel operations hang there as well (seen with torch 2.13) unless
+// the child calls torch.set_num_threads(1), as DataLoader workers do.
+std::atomic<bool> forked{false};
+const int fork_handler = pthread_atfork(nullptr, nullptr, [] { forked = true; });
 
 // Small and medium products run on a register-blocked GEMM written here,
 // not on at::mm. At these sizes (a few rows, tens to hundreds of columns)
@@ -374,7 +385,7 @@ void gemm(Strided<T> a, int64_t rows, int64_t K, const T* w, int64_t ldw, int64_
     }
   };
   const int64_t work = rows * K * M;
-  if (work < kParallelProduct || at::get_num_threads() == 1) {
+  if (work < kParallelProduct || at::get_num_threads() == 1 || forked) {
     columns(0, M);
     return;
   }
@@ -442,6 +453,10 @@ void matmul_transposed(const Tensor& a, const Tensor& b, Tensor out, bool accumu
 // step has enough elements to pay for it.
 template <typename Fn>
 void for_rows(int64_t rows, int64_t row_elements, const Fn& fn) {
+  if (forked) {
+    fn(0, rows);
+    return;
+  }
   const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, row_elements));
   at::parallel_for(0, rows, grain, fn);
 }
@@ -589,9 +604,10 @@ void run_team(int64_t threads, const Fn& fn) {
   fn(Team{});
 }
 
-// The number of threads for a sequence whose largest step product has this
-// many multiply-adds.
+// The number of threads for a run whose largest product has this many
+// multiply-adds.
 int64_t team_size(int64_t step_product) {
+  if (forked) return 1;
   return step_product >= kTeamProduct ? at::get_num_threads() : 1;
 }
 
