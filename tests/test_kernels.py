@@ -13,6 +13,8 @@ import logging
 import multiprocessing
 import queue
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -333,6 +335,79 @@ def test_fused_team_runs_in_forked_child():
     assert output is not None, "the forked child gave no result within 60 s"
     assert child.exitcode == 0
     assert torch.equal(torch.from_numpy(output), expected)
+
+
+# A child forked before rnnkit loaded its kernels, from a parent whose torch
+# had started OpenMP threads. It sends the sum of the outputs, and the parent
+# prints it and its own. Every torch operation stays below torch's parallel
+# grain, so that only the kernels could start a parallel region in the child.
+FORK_BEFORE_LOAD = """
+import os, sys, torch, rnnkit
+torch.set_num_threads(2)
+torch.randn(2000, 2000).sum()
+torch.manual_seed(0)
+layer = rnnkit.GRU(16, 64)
+x = torch.randn(10, 32, 16)
+read, write = os.pipe()
+pid = os.fork()
+if pid == 0:
+    with torch.no_grad():
+        output, _ = layer(x)
+    os.write(write, repr(float(output.numpy().sum())).encode())
+    os._exit(0)
+os.close(write)
+child = os.read(read, 100).decode()
+os.waitpid(pid, 0)
+with torch.no_grad():
+    output, _ = layer(x)
+print(child, repr(float(output.numpy().sum())))
+"""
+
+
+def test_fused_team_runs_in_child_forked_before_load():
+    result = subprocess.run(
+        [sys.executable, "-c", FORK_BEFORE_LOAD],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert result.returncode == 0, result.stderr
+    child, parent = result.stdout.split()
+    assert child == parent
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fused_relu_keeps_nan(dtype):
+    # torch.relu(nan) is nan, and its gradient passes through a nan output.
+    torch.manual_seed(0)
+    layer = rnnkit.RNN(3, 5, nonlinearity="relu", dtype=dtype)
+    x = torch.randn(4, 2, 3, dtype=dtype)
+    x[1, 0, 2] = float("nan")
+    results = {}
+    for name in ("reference", "fused"):
+        value = x.clone().requires_grad_(True)
+        with rnnkit.use_backend(name):
+            results[name] = run_layer(layer, value, None)
+
+    assert results["reference"][0].isnan().any()
+    for index, (want, got) in enumerate(
+        zip(results["reference"], results["fused"], strict=True)
+    ):
+        torch.testing.assert_close(
+            got, want, equal_nan=True, msg=lambda m, i=index: f"{i}: {m}"
+        )
+
+
+def test_fused_op_rejects_mixed_dtypes():
+    x = torch.randn(3, 2)
+    h0 = torch.zeros(1, 4, dtype=torch.float64)
+    w_ih, w_hh = torch.randn(4, 2), torch.randn(4, 4)
+
+    with pytest.raises(RuntimeError, match="expected h0 of dtype Float"):
+        torch.ops.rnnkit.fused_rnn_forward(
+            x, h0, None, w_ih, w_hh, None, None, None, [3], "RNN_TANH", False, False
+        )
 
 
 @pytest.mark.parametrize("cell", ["RNN", "GRU", "LSTM"])

@@ -140,9 +140,11 @@ struct Steps {
 // Whether this process is a fork of one that may have started OpenMP
 // threads. libgomp's thread pool does not survive fork(): a child that opens
 // a parallel region after its parent did waits for the parent's threads
-// forever, so a forked child runs the kernels on one thread. NOTE: torch's
-// own parallel operations hang there as well (seen with torch 2.13) unless
-// the child calls torch.set_num_threads(1), as DataLoader workers do.
+// forever, so a forked child runs the kernels' own loops on one thread.
+// NOTE: the backward op also calls torch operations (the bias gradients'
+// at::sum, and at::mm for a large input gradient with few gate columns),
+// which hang in such a child as torch's own layers do (seen with torch 2.13),
+// unless the child calls torch.set_num_threads(1), as DataLoader workers do.
 std::atomic<bool> forked{false};
 const int fork_handler = pthread_atfork(nullptr, nullptr, [] { forked = true; });
 
@@ -497,7 +499,7 @@ __attribute__((noinline)) void rnn_rows(Mode mode, int64_t rows, int64_t units,
 #pragma GCC ivdep
       for (int64_t j = 0; j < units; ++j) {
         const T pre = out_row[j] + bias[j] + hg_row[j];
-        out_row[j] = pre > T(0) ? pre : T(0);
+        out_row[j] = pre < T(0) ? T(0) : pre;  // NaN stays NaN, as in torch.relu
       }
     }
   }
@@ -604,11 +606,12 @@ void run_team(int64_t threads, const Fn& fn) {
   fn(Team{});
 }
 
-// The number of threads for a run whose largest product has this many
-// multiply-adds.
-int64_t team_size(int64_t step_product) {
-  if (forked) return 1;
-  return step_product >= kTeamProduct ? at::get_num_threads() : 1;
+// The number of threads for a run whose largest step product has this many
+// multiply-adds and whose units make this many slices of a vector's width.
+// More threads than slices would only wait at the barriers.
+int64_t team_size(int64_t step_product, int64_t slices) {
+  if (forked || step_product < kTeamProduct) return 1;
+  return std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), slices));
 }
 
 // target[c, r] = source[r, c] for r < rows and c < columns, with the rows of
@@ -745,7 +748,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> forward_impl(
   // before (or in h0), so the loop keeps no state buffer but c, whose units
   // each thread only reads and writes in its own slice.
   const int64_t largest = steps.count > 0 ? steps.sizes[0] * H_out * GH : 0;
-  run_team(team_size(largest), [&](const Team& team) {
+  run_team(team_size(largest, (H + Vector<T>::kLanes - 1) / Vector<T>::kLanes),
+           [&](const Team& team) {
     constexpr int64_t L = Vector<T>::kLanes;
     const auto [u0, u1] = team.slice(H, L);
     const auto [p0, p1] = team.slice(H_out, L);
@@ -894,8 +898,9 @@ __attribute__((noinline)) void rnn_backward_rows(Mode mode, int64_t rows, int64_
 #pragma GCC ivdep
       for (int64_t j = 0; j < units; ++j) g[j] = d[j] * (T(1) - o[j] * o[j]);
     } else {
+      // As in torch's relu gradient, a NaN output passes the gradient on.
 #pragma GCC ivdep
-      for (int64_t j = 0; j < units; ++j) g[j] = o[j] > T(0) ? d[j] : T(0);
+      for (int64_t j = 0; j < units; ++j) g[j] = o[j] <= T(0) ? T(0) : d[j];
     }
   }
 }
@@ -1086,7 +1091,8 @@ Gradients backward_impl(Mode mode, const Tensor& grad_output, const Tensor& grad
   const int64_t gout_stride0 = gout_data != nullptr ? grad_output.stride(0) : 0;
   const int64_t gout_stride1 = gout_data != nullptr ? grad_output.stride(1) : 0;
   const int64_t largest = steps.count > 0 ? steps.sizes[0] * H_out * GH : 0;
-  run_team(team_size(largest), [&](const Team& team) {
+  run_team(team_size(largest, (H + Vector<T>::kLanes - 1) / Vector<T>::kLanes),
+           [&](const Team& team) {
     constexpr int64_t L = Vector<T>::kLanes;
     const auto [u0, u1] = team.slice(H, L);
     const auto [p0, p1] = team.slice(H_out, L);
@@ -1210,6 +1216,14 @@ void check_inputs(Mode mode, const Tensor& x, const Tensor& h0, const Tensor& c0
   TORCH_CHECK(x.dim() == 2, "expected input of shape (N, I), got ", x.sizes());
   TORCH_CHECK(h0.dim() == 2, "expected h0 of shape (B, H_out), got ", h0.sizes());
   TORCH_CHECK(x.device().is_cpu(), "the fused kernels run on CPU tensors only");
+  const std::pair<const char*, const Tensor*> others[] = {
+      {"h0", &h0}, {"c0", &c0}, {"w_ih", &w.w_ih}, {"w_hh", &w.w_hh},
+      {"b_ih", &w.b_ih}, {"b_hh", &w.b_hh}, {"w_hr", &w.w_hr}};
+  for (const auto& [name, tensor] : others) {
+    TORCH_CHECK(!tensor->defined() || tensor->scalar_type() == x.scalar_type(), "expected ",
+                name, " of dtype ", x.scalar_type(), " like the input, got ",
+                tensor->scalar_type());
+  }
   const int64_t G = gate_count(mode);
   TORCH_CHECK(w.w_hh.dim() == 2 && w.w_hh.size(0) % G == 0,
               "expected w_hh of shape (G*H, H_out) with G=", G, ", got ", w.w_hh.sizes());
@@ -1281,9 +1295,14 @@ Gradients fused_rnn_backward(
   return result;
 }
 
+// Marks this process as a forked child (see forked), for a child forked
+// before the library was loaded, which pthread_atfork cannot see.
+void mark_forked() { forked = true; }
+
 }  // namespace
 
 TORCH_LIBRARY(rnnkit, m) {
+  m.def("mark_forked() -> ()", &mark_forked);
   m.def(
       "fused_rnn_forward(Tensor input, Tensor h0, Tensor? c0, Tensor w_ih, "
       "Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor? w_hr, int[] batch_sizes, "

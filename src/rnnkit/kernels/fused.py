@@ -14,6 +14,8 @@ by default ``~/.cache/torch_extensions``), so later processes only load it.
 from __future__ import annotations
 
 import logging
+import os
+import threading
 import time
 from pathlib import Path
 
@@ -27,6 +29,24 @@ DTYPES = (torch.float32, torch.float64)
 
 # None until the first load attempt; then True, or the reason loading failed.
 _loaded: bool | str | None = None
+# Held while loading, so that threads making their first call at once load
+# the library once.
+_load_lock = threading.Lock()
+# Set in a child process forked before the library was loaded.
+_forked_before_load = False
+
+
+def _after_fork_in_child() -> None:
+    # The library marks a child forked after it was loaded by itself (with
+    # pthread_atfork). A child forked before cannot know whether its parent
+    # started OpenMP threads, whose pool does not survive fork(), so it runs
+    # the kernels on one thread once it loads them.
+    global _forked_before_load
+    if _loaded is not True:
+        _forked_before_load = True
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _build_flags() -> tuple[str, list[str]]:
@@ -59,8 +79,9 @@ def load() -> None:
     global _loaded
     if _loaded is True:
         return
-    if _loaded is None:
-        _loaded = _try_load()
+    with _load_lock:
+        if _loaded is None:
+            _loaded = _try_load()
     if _loaded is not True:
         raise RuntimeError(f"the fused kernels could not be built or loaded: {_loaded}")
 
@@ -112,6 +133,8 @@ def _try_load() -> bool | str:
         cpp_extension._get_build_directory(name, verbose=False),
     )
     _register_python_parts()
+    if _forked_before_load:
+        torch.ops.rnnkit.mark_forked()
     return True
 
 
