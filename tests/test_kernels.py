@@ -559,14 +559,14 @@ def grad_function_names(output: torch.Tensor) -> set[str]:
         node = pending.pop()
         if node is None:
             continue
-        names.add(type(node).__name__)
+        names.add(node.name())
         pending.extend(next_node for next_node, _ in node.next_functions)
     return names
 
 
 def uses_fused_op(layer, x) -> bool:
-    # Eager training applies the op's formula through fused._FusedRNNForward;
-    # a direct call of the op names it in its grad_fn.
+    # In training, the op's C++ autograd function FusedRNNForward names the
+    # output's grad_fn; under torch.compile, the op itself is named.
     output, _ = layer(x)
     return any(
         "fused_rnn_forward" in name or "FusedRNNForward" in name

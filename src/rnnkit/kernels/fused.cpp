@@ -26,6 +26,7 @@
 #include <ATen/ops/sum.h>
 #include <ATen/ops/zeros.h>
 #include <ATen/ops/zeros_like.h>
+#include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
 
 #include <omp.h>
@@ -1299,6 +1300,147 @@ Gradients fused_rnn_backward(
 // before the library was loaded, which pthread_atfork cannot see.
 void mark_forked() { forked = true; }
 
+// The autograd formula of the ops, in C++ so that a training step runs no
+// Python between the layer's call and the gradients.
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+std::optional<Tensor> optional_of(const Tensor& tensor) {
+  return tensor.defined() ? std::optional<Tensor>(tensor) : std::nullopt;
+}
+
+// The ops below the autograd key, through the dispatcher, so that fake
+// tensors (torch.compile, torch.export) reach their fake implementations.
+std::tuple<Tensor, Tensor, Tensor, Tensor> call_forward(
+    const Tensor& input, const Tensor& h0, const std::optional<Tensor>& c0,
+    const Tensor& w_ih, const Tensor& w_hh, const std::optional<Tensor>& b_ih,
+    const std::optional<Tensor>& b_hh, const std::optional<Tensor>& w_hr,
+    at::IntArrayRef batch_sizes, c10::string_view mode, bool reverse, bool train) {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("rnnkit::fused_rnn_forward", "")
+                             .typed<decltype(fused_rnn_forward)>();
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  return op.call(input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, mode, reverse,
+                 train);
+}
+
+Gradients call_backward(const std::optional<Tensor>& grad_output,
+                        const std::optional<Tensor>& grad_h_n,
+                        const std::optional<Tensor>& grad_c_n, const Tensor& input,
+                        const Tensor& h0, const std::optional<Tensor>& c0, const Tensor& w_ih,
+                        const Tensor& w_hh, const std::optional<Tensor>& b_ih,
+                        const std::optional<Tensor>& b_hh, const std::optional<Tensor>& w_hr,
+                        const Tensor& output, const Tensor& workspace,
+                        at::IntArrayRef batch_sizes, c10::string_view mode, bool reverse,
+                        bool input_grad) {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("rnnkit::fused_rnn_backward", "")
+                             .typed<decltype(fused_rnn_backward)>();
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  return op.call(grad_output, grad_h_n, grad_c_n, input, h0, c0, w_ih, w_hh, b_ih, b_hh,
+                 w_hr, output, workspace, batch_sizes, mode, reverse, input_grad);
+}
+
+class FusedRNNBackward : public torch::autograd::Function<FusedRNNBackward> {
+ public:
+  // Optional tensors are std::optional, because the autograd function
+  // counts only defined tensors as inputs.
+  static variable_list forward(AutogradContext* ctx, const std::optional<Tensor>& grad_output,
+                               const std::optional<Tensor>& grad_h_n,
+                               const std::optional<Tensor>& grad_c_n, const Tensor& input,
+                               const Tensor& h0, const std::optional<Tensor>& c0,
+                               const Tensor& w_ih, const Tensor& w_hh,
+                               const std::optional<Tensor>& b_ih,
+                               const std::optional<Tensor>& b_hh,
+                               const std::optional<Tensor>& w_hr, const Tensor& output,
+                               const Tensor& workspace, std::vector<int64_t> batch_sizes,
+                               std::string mode, bool reverse, bool input_grad) {
+    const auto [g_input, g_h0, g_c0, g_w_ih, g_w_hh, g_b_ih, g_b_hh, g_w_hr] =
+        call_backward(grad_output, grad_h_n, grad_c_n, input, h0, c0, w_ih, w_hh, b_ih, b_hh,
+                      w_hr, output, workspace, batch_sizes, mode, reverse, input_grad);
+    return {g_input, g_h0, g_c0, g_w_ih, g_w_hh, g_b_ih, g_b_hh, g_w_hr};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    TORCH_CHECK(false,
+                "double backward (a gradient of a gradient, such as a gradient penalty) is "
+                "not supported by rnnkit's fused kernels; select the reference backend with "
+                "rnnkit.set_backend('reference') or RNNKIT_BACKEND=reference");
+    return {};
+  }
+};
+
+class FusedRNNForward : public torch::autograd::Function<FusedRNNForward> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const Tensor& input, const Tensor& h0,
+                               const std::optional<Tensor>& c0, const Tensor& w_ih,
+                               const Tensor& w_hh, const std::optional<Tensor>& b_ih,
+                               const std::optional<Tensor>& b_hh,
+                               const std::optional<Tensor>& w_hr,
+                               std::vector<int64_t> batch_sizes, std::string mode,
+                               bool reverse, bool train) {
+    auto [output, h_n, c_n, workspace] = call_forward(input, h0, c0, w_ih, w_hh, b_ih, b_hh,
+                                                      w_hr, batch_sizes, mode, reverse, train);
+    const Tensor none;
+    ctx->save_for_backward({input, h0, c0.value_or(none), w_ih, w_hh, b_ih.value_or(none),
+                            b_hh.value_or(none), w_hr.value_or(none), output, workspace});
+    ctx->saved_data["batch_sizes"] = batch_sizes;
+    ctx->saved_data["mode"] = mode;
+    ctx->saved_data["reverse"] = reverse;
+    // Unused outputs (the workspace, often c_n) then get undefined
+    // gradients, not zeros.
+    ctx->set_materialize_grads(false);
+    ctx->mark_non_differentiable({workspace});
+    return {output, h_n, c_n, workspace};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const variable_list saved = ctx->get_saved_variables();
+    const auto batch_sizes = ctx->saved_data["batch_sizes"].toIntVector();
+    const std::string mode = ctx->saved_data["mode"].toStringRef();
+    const bool reverse = ctx->saved_data["reverse"].toBool();
+    variable_list result = FusedRNNBackward::apply(
+        optional_of(grads[0]), optional_of(grads[1]), optional_of(grads[2]), saved[0],
+        saved[1], optional_of(saved[2]), saved[3], saved[4], optional_of(saved[5]),
+        optional_of(saved[6]), optional_of(saved[7]), saved[8], saved[9], batch_sizes, mode,
+        reverse, ctx->needs_input_grad(0));
+    // The gradients of absent optional inputs and of the arguments that are
+    // not tensors are undefined.
+    for (const int index : {2, 5, 6, 7}) {
+      if (!saved[index].defined()) result[index] = Tensor();
+    }
+    if (!ctx->needs_input_grad(0)) result[0] = Tensor();
+    result.resize(12);
+    return result;
+  }
+};
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> fused_rnn_forward_autograd(
+    const Tensor& input, const Tensor& h0, const std::optional<Tensor>& c0,
+    const Tensor& w_ih, const Tensor& w_hh, const std::optional<Tensor>& b_ih,
+    const std::optional<Tensor>& b_hh, const std::optional<Tensor>& w_hr,
+    at::IntArrayRef batch_sizes, c10::string_view mode, bool reverse, bool train) {
+  const variable_list outputs =
+      FusedRNNForward::apply(input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes.vec(),
+                          std::string(mode), reverse, train);
+  return {outputs[0], outputs[1], outputs[2], outputs[3]};
+}
+
+Gradients fused_rnn_backward_autograd(
+    const std::optional<Tensor>& grad_output, const std::optional<Tensor>& grad_h_n,
+    const std::optional<Tensor>& grad_c_n, const Tensor& input, const Tensor& h0,
+    const std::optional<Tensor>& c0, const Tensor& w_ih, const Tensor& w_hh,
+    const std::optional<Tensor>& b_ih, const std::optional<Tensor>& b_hh,
+    const std::optional<Tensor>& w_hr, const Tensor& output, const Tensor& workspace,
+    at::IntArrayRef batch_sizes, c10::string_view mode, bool reverse, bool input_grad) {
+  const variable_list g =
+      FusedRNNBackward::apply(grad_output, grad_h_n, grad_c_n, input, h0, c0, w_ih, w_hh, b_ih,
+                           b_hh, w_hr, output, workspace, batch_sizes.vec(),
+                           std::string(mode), reverse, input_grad);
+  return {g[0], g[1], g[2], g[3], g[4], g[5], g[6], g[7]};
+}
+
 }  // namespace
 
 TORCH_LIBRARY(rnnkit, m) {
@@ -1318,4 +1460,9 @@ TORCH_LIBRARY(rnnkit, m) {
 TORCH_LIBRARY_IMPL(rnnkit, CPU, m) {
   m.impl("fused_rnn_forward", &fused_rnn_forward);
   m.impl("fused_rnn_backward", &fused_rnn_backward);
+}
+
+TORCH_LIBRARY_IMPL(rnnkit, Autograd, m) {
+  m.impl("fused_rnn_forward", &fused_rnn_forward_autograd);
+  m.impl("fused_rnn_backward", &fused_rnn_backward_autograd);
 }

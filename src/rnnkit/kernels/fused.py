@@ -2,9 +2,9 @@
 
 ``torch.ops.rnnkit.fused_rnn_forward`` runs one layer and direction over a
 packed sequence; ``torch.ops.rnnkit.fused_rnn_backward`` is its gradient.
-Both are defined in C++ with ``TORCH_LIBRARY``. This module adds their fake
-(meta) implementations and the autograd formula, so that ``torch.compile`` and
-``torch.export`` see one op per layer and direction.
+Both are defined in C++ with ``TORCH_LIBRARY``, with their autograd formula.
+This module adds their fake (meta) implementations, so that ``torch.compile``
+and ``torch.export`` see one op per layer and direction.
 
 The C++ source is built with ``torch.utils.cpp_extension.load`` the first time
 it is needed and cached in torch's extension directory (``TORCH_EXTENSIONS_DIR``,
@@ -132,7 +132,8 @@ def _try_load() -> bool | str:
         time.perf_counter() - started,
         cpp_extension._get_build_directory(name, verbose=False),
     )
-    _register_python_parts()
+    torch.library.register_fake("rnnkit::fused_rnn_forward", _fake_forward)
+    torch.library.register_fake("rnnkit::fused_rnn_backward", _fake_backward)
     if _forked_before_load:
         torch.ops.rnnkit.mark_forked()
     return True
@@ -178,112 +179,14 @@ def _fake_backward(
 def _call(op, *args):
     """Call op, going straight to its CPU kernel when grad mode is off.
 
-    With grad mode off the autograd wrapper of ``register_autograd`` only
-    forwards the call, at a cost of about 8 us per call (torch 2.13). Under
-    torch.compile the op is always called as it is, so tracing sees it.
+    With grad mode off, the op's autograd kernel (in ``fused.cpp``) would only
+    forward the call. Under torch.compile the op is always called as it is,
+    so tracing sees it.
     """
     if torch.is_grad_enabled() or torch.compiler.is_compiling():
         return op(*args)
     with torch._C._AutoDispatchBelowAutograd():
         return op(*args)
-
-
-# The autograd formula of the forward op.
-
-
-def _setup_context(ctx, inputs, output) -> None:
-    input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, mode, reverse, _ = inputs
-    output_rows, _, _, workspace = output
-    ctx.save_for_backward(
-        input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, output_rows, workspace
-    )
-    ctx.batch_sizes = batch_sizes
-    ctx.mode = mode
-    ctx.reverse = reverse
-    ctx.present = [t is not None for t in (c0, b_ih, b_hh, w_hr)]
-    # Unused outputs (the workspace, often c_n) then get None, not zeros.
-    ctx.set_materialize_grads(False)
-    ctx.mark_non_differentiable(workspace)
-
-
-def _backward(ctx, grad_output, grad_h_n, grad_c_n, _grad_workspace):
-    input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, output, workspace = ctx.saved_tensors
-    grads = _call(
-        torch.ops.rnnkit.fused_rnn_backward,
-        grad_output, grad_h_n, grad_c_n, input, h0, c0, w_ih, w_hh, b_ih, b_hh,
-        w_hr, output, workspace, ctx.batch_sizes, ctx.mode, ctx.reverse,
-        ctx.needs_input_grad[0],
-    )  # fmt: skip
-    (
-        grad_input,
-        grad_h0,
-        grad_c0,
-        grad_w_ih,
-        grad_w_hh,
-        grad_b_ih,
-        grad_b_hh,
-        grad_w_hr,
-    ) = grads
-    has_c0, has_b_ih, has_b_hh, has_w_hr = ctx.present
-    return (
-        grad_input if ctx.needs_input_grad[0] else None,
-        grad_h0,
-        grad_c0 if has_c0 else None,
-        grad_w_ih,
-        grad_w_hh,
-        grad_b_ih if has_b_ih else None,
-        grad_b_hh if has_b_hh else None,
-        grad_w_hr if has_w_hr else None,
-        None,
-        None,
-        None,
-        None,
-    )
-
-
-def _no_double_backward(ctx, *grads):
-    raise RuntimeError(
-        "double backward (a gradient of a gradient, such as a gradient penalty) is "
-        "not supported by rnnkit's fused kernels; select the reference backend with "
-        "rnnkit.set_backend('reference') or RNNKIT_BACKEND=reference"
-    )
-
-
-def _setup_nothing(ctx, inputs, output) -> None:
-    pass
-
-
-def _register_python_parts() -> None:
-    torch.library.register_fake("rnnkit::fused_rnn_forward", _fake_forward)
-    torch.library.register_fake("rnnkit::fused_rnn_backward", _fake_backward)
-    torch.library.register_autograd(
-        "rnnkit::fused_rnn_forward", _backward, setup_context=_setup_context
-    )
-    torch.library.register_autograd(
-        "rnnkit::fused_rnn_backward",
-        _no_double_backward,
-        setup_context=_setup_nothing,
-    )
-
-
-class _FusedRNNForward(torch.autograd.Function):
-    """The forward op with the autograd formula above, applied in eager mode.
-
-    Calling the op directly reaches the same formula through
-    ``register_autograd``, but that wrapper costs tens of microseconds per call
-    in torch 2.13 (it rebuilds the op's argument list from its schema), which
-    is a large share of a short sequence's time.
-    """
-
-    @staticmethod
-    def forward(ctx, *inputs):
-        output = _call(torch.ops.rnnkit.fused_rnn_forward, *inputs)
-        _setup_context(ctx, inputs, output)
-        return output
-
-    @staticmethod
-    def backward(ctx, *grads):
-        return _backward(ctx, *grads)
 
 
 def run_direction(
@@ -307,10 +210,7 @@ def run_direction(
         t is not None and t.requires_grad for t in tensors
     )
     inputs = (data, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, mode, reverse)
-    if train and not torch.compiler.is_compiling():
-        output, h_n, c_n, _ = _FusedRNNForward.apply(*inputs, train)
-    else:
-        output, h_n, c_n, _ = _call(torch.ops.rnnkit.fused_rnn_forward, *inputs, train)
+    output, h_n, c_n, _ = _call(torch.ops.rnnkit.fused_rnn_forward, *inputs, train)
     if mode == "LSTM":
         return output, (h_n, c_n)
     return output, (h_n,)
