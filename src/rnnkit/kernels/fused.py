@@ -37,10 +37,10 @@ _forked_before_load = False
 
 
 def _after_fork_in_child() -> None:
-    # The library marks a child forked after it was loaded by itself (with
-    # pthread_atfork). A child forked before cannot know whether its parent
-    # started OpenMP threads, whose pool does not survive fork(), so it runs
-    # the kernels on one thread once it loads them.
+    # A child forked after the library was loaded is marked by the library
+    # itself, with pthread_atfork. A child forked before cannot know whether
+    # its parent started OpenMP threads, whose pool does not survive fork().
+    # It therefore runs the kernels on one thread once it loads them.
     global _forked_before_load
     if _loaded is not True:
         _forked_before_load = True
