@@ -310,6 +310,42 @@ def _forward_in_child(layer, x, results):
     results.put(output.numpy())
 
 
+def _gradients_in_child(layer, x, results):
+    output, _ = layer(x)
+    output.sum().backward()
+    results.put([p.grad.numpy() for p in layer.parameters()])
+
+
+def test_fused_backward_runs_in_forked_child():
+    # 10 x 32 x 64 outputs stay below torch's parallel grain (32768 elements),
+    # so out.sum() and its backward run serially in the child. The gate
+    # gradients (320 x 192) are past it, and their sums for the bias
+    # gradients run in the kernels' own loop.
+    torch.manual_seed(0)
+    layer = rnnkit.GRU(16, 64)
+    x = torch.randn(10, 32, 16)
+    output, _ = layer(x)
+    output.sum().backward()
+    expected = [p.grad.clone() for p in layer.parameters()]
+    layer.zero_grad()
+
+    context = multiprocessing.get_context("fork")
+    results = context.Queue()
+    child = context.Process(target=_gradients_in_child, args=(layer, x, results))
+    child.start()
+    try:
+        gradients = results.get(timeout=60)
+    except queue.Empty:
+        gradients = None
+    child.join(10)
+    if child.is_alive():
+        child.kill()
+    assert gradients is not None, "the forked child gave no result within 60 s"
+    assert child.exitcode == 0
+    for got, want in zip(gradients, expected, strict=True):
+        assert torch.equal(torch.from_numpy(got), want)
+
+
 def test_fused_team_runs_in_forked_child():
     # A forked child cannot use the OpenMP threads its parent started: a
     # parallel region there would wait for them forever. The kernels run on

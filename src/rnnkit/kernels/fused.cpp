@@ -23,7 +23,6 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <ATen/ops/mm.h>
-#include <ATen/ops/sum.h>
 #include <ATen/ops/zeros.h>
 #include <ATen/ops/zeros_like.h>
 #include <torch/csrc/autograd/custom_function.h>
@@ -142,10 +141,11 @@ struct Steps {
 // threads. libgomp's thread pool does not survive fork(): a child that opens
 // a parallel region after its parent did waits for the parent's threads
 // forever, so a forked child runs the kernels' own loops on one thread.
-// NOTE: the backward op also calls torch operations (the bias gradients'
-// at::sum, and at::mm for a large input gradient with few gate columns),
-// which hang in such a child as torch's own layers do (seen with torch 2.13),
-// unless the child calls torch.set_num_threads(1), as DataLoader workers do.
+// NOTE: the ops still call a few torch operations that may run in parallel
+// (at::mm for a large input gradient with few gate columns, the copy and
+// fills of large tensors). These hang in such a child as torch's own layers
+// do (seen with torch 2.13), unless the child calls
+// torch.set_num_threads(1), as DataLoader workers do.
 std::atomic<bool> forked{false};
 const int fork_handler = pthread_atfork(nullptr, nullptr, [] { forked = true; });
 
@@ -1011,6 +1011,13 @@ void accumulate_recurrent_weight_grad(const Tensor& dgates, const Tensor& output
   }
 }
 
+// sums[j] += values[j] for j < count, in double.
+template <typename T>
+__attribute__((noinline)) void add_to_sums(const T* __restrict values, int64_t count,
+                                           double* __restrict sums) {
+  for (int64_t j = 0; j < count; ++j) sums[j] += static_cast<double>(values[j]);
+}
+
 // dst[r, begin:end] += src[offset + r, begin:end] for r < rows, where src
 // has strides (stride0, stride1) and dst rows are width apart. A loss such as
 // output.sum() passes an expanded gradient with strides (0, 0), which is read
@@ -1085,6 +1092,12 @@ Gradients backward_impl(Mode mode, const Tensor& grad_output, const Tensor& grad
   T* dm_data = projected ? dm.mutable_data_ptr<T>() : nullptr;
   T* m_data = projected ? m.mutable_data_ptr<T>() : nullptr;
 
+  // Sums of the gate gradients over the packed rows, for the bias
+  // gradients: every gate block on the input side, then (GRU) the n block on
+  // the recurrent side, which r multiplies.
+  const bool biased = w.b_ih.defined() || w.b_hh.defined();
+  std::vector<double> bias_sums(biased ? GH + (gru ? H : 0) : 0, 0.0);
+
   // The same team as the forward: each thread owns units [u0, u1) of the
   // gate arithmetic and columns [p0, p1) of dh (the same range without a
   // projection). The step product dh = dgates @ W_hh reads every gate
@@ -1150,6 +1163,19 @@ Gradients backward_impl(Mode mode, const Tensor& grad_output, const Tensor& grad
       };
       segment(0, carried, true);
       segment(carried, rows - carried, false);
+      if (biased && units > 0) {
+        // The bias gradients: this thread's units of the step's gate
+        // gradients, summed in double over the packed rows.
+        for (int64_t b = 0; b < rows; ++b) {
+          const T* dg_row = dg_data + (offset + b) * GH;
+          for (int64_t gate = 0; gate < G; ++gate) {
+            add_to_sums(dg_row + gate * H + u0, units, bias_sums.data() + gate * H + u0);
+          }
+          if (gru) {
+            add_to_sums(dgs_step + b * GH + 2 * H + u0, units, bias_sums.data() + GH + u0);
+          }
+        }
+      }
       if (projected && units > 0) {
         // grad_w_hr[:, u0:u1] += dh^T @ m[:, u0:u1], before the step product
         // below changes dh.
@@ -1171,8 +1197,6 @@ Gradients backward_impl(Mode mode, const Tensor& grad_output, const Tensor& grad
   if (input_grad) matmul<T>(dgates, w.w_ih, w.w_ih, grad_x, false);
   Tensor grad_w_ih = at::empty_like(w.w_ih);
   matmul_transposed<T>(dgates, x, grad_w_ih, false);
-  const bool biased = w.b_ih.defined() || w.b_hh.defined();
-  Tensor sums = biased ? at::sum(dgates, 0) : Tensor();
   if (gru) {
     for_rows(N, H, [&](int64_t begin, int64_t end) {
       for (int64_t row = begin; row < end; ++row) {
@@ -1185,16 +1209,16 @@ Gradients backward_impl(Mode mode, const Tensor& grad_output, const Tensor& grad
   Tensor grad_w_hh = at::zeros_like(w.w_hh);
   accumulate_recurrent_weight_grad<T>(dgates, output, h0, steps, reverse, grad_w_hh);
 
-  Tensor grad_b_ih = at::empty({0}, x.options());
-  Tensor grad_b_hh = at::empty({0}, x.options());
-  if (w.b_ih.defined()) grad_b_ih = sums;
-  if (w.b_hh.defined()) {
-    if (gru) {
-      grad_b_hh = sums.clone();
-      grad_b_hh.narrow(0, 2 * H, H).copy_(at::sum(dgates.narrow(1, 2 * H, H), 0));
-    } else {
-      grad_b_hh = w.b_ih.defined() ? sums.clone() : sums;
-    }
+  // b_ih adds to the input side, and b_hh to the recurrent side, which for
+  // the GRU differs in the n block.
+  Tensor grad_b_ih = at::empty({w.b_ih.defined() ? GH : 0}, x.options());
+  Tensor grad_b_hh = at::empty({w.b_hh.defined() ? GH : 0}, x.options());
+  T* b_ih_grad = grad_b_ih.mutable_data_ptr<T>();
+  T* b_hh_grad = grad_b_hh.mutable_data_ptr<T>();
+  for (int64_t j = 0; j < GH && biased; ++j) {
+    const double recurrent = gru && j >= 2 * H ? bias_sums[GH + j - 2 * H] : bias_sums[j];
+    if (w.b_ih.defined()) b_ih_grad[j] = static_cast<T>(bias_sums[j]);
+    if (w.b_hh.defined()) b_hh_grad[j] = static_cast<T>(recurrent);
   }
   return {grad_x, dh, lstm ? dc : at::empty({0}, x.options()), grad_w_ih, grad_w_hh,
           grad_b_ih, grad_b_hh, grad_w_hr};
