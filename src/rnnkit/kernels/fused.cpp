@@ -749,8 +749,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> forward_impl(
   // before (or in h0), so the loop keeps no state buffer but c, whose units
   // each thread only reads and writes in its own slice.
   const int64_t largest = steps.count > 0 ? steps.sizes[0] * H_out * GH : 0;
-  run_team(team_size(largest, (H + Vector<T>::kLanes - 1) / Vector<T>::kLanes),
-           [&](const Team& team) {
+  const int64_t slices = (H + Vector<T>::kLanes - 1) / Vector<T>::kLanes;
+  run_team(team_size(largest, slices), [&](const Team& team) {
     constexpr int64_t L = Vector<T>::kLanes;
     const auto [u0, u1] = team.slice(H, L);
     const auto [p0, p1] = team.slice(H_out, L);
@@ -1105,8 +1105,8 @@ Gradients backward_impl(Mode mode, const Tensor& grad_output, const Tensor& grad
   const int64_t gout_stride0 = gout_data != nullptr ? grad_output.stride(0) : 0;
   const int64_t gout_stride1 = gout_data != nullptr ? grad_output.stride(1) : 0;
   const int64_t largest = steps.count > 0 ? steps.sizes[0] * H_out * GH : 0;
-  run_team(team_size(largest, (H + Vector<T>::kLanes - 1) / Vector<T>::kLanes),
-           [&](const Team& team) {
+  const int64_t slices = (H + Vector<T>::kLanes - 1) / Vector<T>::kLanes;
+  run_team(team_size(largest, slices), [&](const Team& team) {
     constexpr int64_t L = Vector<T>::kLanes;
     const auto [u0, u1] = team.slice(H, L);
     const auto [p0, p1] = team.slice(H_out, L);
