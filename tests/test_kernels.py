@@ -224,7 +224,8 @@ def test_fused_all_lengths_zero(cell):
 @pytest.mark.parametrize("cell", ["RNN", "GRU", "LSTM"])
 def test_fused_large_sizes_float64(cell):
     # Each step's product (48 x 300 x 300 and more) runs on a team of threads,
-    # and the weight gradients pass the size at which they go to at::mm.
+    # and the weight gradients are past the size at which the hand-written
+    # GEMM splits its columns across threads.
     torch.manual_seed(0)
     layer = LAYERS[cell](200, 300, bidirectional=True, dtype=torch.float64)
 
@@ -237,7 +238,7 @@ def test_fused_large_sizes_float64(cell):
 
 
 @pytest.mark.parametrize("cell", ["RNN", "GRU", "LSTM"])
-def test_fused_large_sizes_float32_near_float64(cell):
+def test_fused_float32_large_near_float64(cell):
     # At this size float32 rounding is the limit. Sums of 300 to 1200 products
     # a step put the reference path up to 1.1e-5 away from the same layer in
     # float64 (measured on four weight draws). Two float32 paths that add in
@@ -316,7 +317,29 @@ def _gradients_in_child(layer, x, results):
     results.put([p.grad.numpy() for p in layer.parameters()])
 
 
-def test_fused_backward_runs_in_forked_child():
+def run_in_forked_child(target, layer, x):
+    """Return what target(layer, x, results) put in a forked child, or None.
+
+    None means that no result came within 60 s. The child is killed then.
+    """
+    context = multiprocessing.get_context("fork")
+    results = context.Queue()
+    child = context.Process(target=target, args=(layer, x, results))
+    child.start()
+    try:
+        # The child's queue only lets it exit once its result has been read.
+        result = results.get(timeout=60)
+    except queue.Empty:
+        result = None
+    child.join(10)
+    if child.is_alive():
+        child.kill()
+        child.join()
+    assert result is None or child.exitcode == 0
+    return result
+
+
+def test_fused_backward_in_forked_child():
     # 10 x 32 x 64 outputs stay below torch's parallel grain (32768 elements),
     # so out.sum() and its backward run serially in the child. The gate
     # gradients (320 x 192) are past it, and their sums for the bias
@@ -329,24 +352,14 @@ def test_fused_backward_runs_in_forked_child():
     expected = [p.grad.clone() for p in layer.parameters()]
     layer.zero_grad()
 
-    context = multiprocessing.get_context("fork")
-    results = context.Queue()
-    child = context.Process(target=_gradients_in_child, args=(layer, x, results))
-    child.start()
-    try:
-        gradients = results.get(timeout=60)
-    except queue.Empty:
-        gradients = None
-    child.join(10)
-    if child.is_alive():
-        child.kill()
+    gradients = run_in_forked_child(_gradients_in_child, layer, x)
+
     assert gradients is not None, "the forked child gave no result within 60 s"
-    assert child.exitcode == 0
     for got, want in zip(gradients, expected, strict=True):
         assert torch.equal(torch.from_numpy(got), want)
 
 
-def test_fused_team_runs_in_forked_child():
+def test_fused_forward_in_forked_child():
     # A forked child cannot use the OpenMP threads its parent started: a
     # parallel region there would wait for them forever. The kernels run on
     # one thread in such a child and give the parent's results.
@@ -356,20 +369,9 @@ def test_fused_team_runs_in_forked_child():
     with torch.no_grad():
         expected, _ = layer(x)  # 32 x 64 x 192 per step: run on the team
 
-    context = multiprocessing.get_context("fork")
-    results = context.Queue()
-    child = context.Process(target=_forward_in_child, args=(layer, x, results))
-    child.start()
-    try:
-        # The child's queue only lets it exit once its result has been read.
-        output = results.get(timeout=60)
-    except queue.Empty:
-        output = None
-    child.join(10)
-    if child.is_alive():
-        child.kill()
+    output = run_in_forked_child(_forward_in_child, layer, x)
+
     assert output is not None, "the forked child gave no result within 60 s"
-    assert child.exitcode == 0
     assert torch.equal(torch.from_numpy(output), expected)
 
 
@@ -400,7 +402,7 @@ print(child, repr(float(output.numpy().sum())))
 """
 
 
-def test_fused_team_runs_in_child_forked_before_load():
+def test_fused_child_forked_before_load():
     result = subprocess.run(
         [sys.executable, "-c", FORK_BEFORE_LOAD],
         capture_output=True,
@@ -601,8 +603,8 @@ def grad_function_names(output: torch.Tensor) -> set[str]:
 
 
 def uses_fused_op(layer, x) -> bool:
-    # In training, the op's C++ autograd function FusedRNNForward names the
-    # output's grad_fn; under torch.compile, the op itself is named.
+    # In training, the output's grad_fn names the op's C++ autograd function
+    # FusedRNNForward. Under torch.compile, it names the op itself.
     output, _ = layer(x)
     return any(
         "fused_rnn_forward" in name or "FusedRNNForward" in name

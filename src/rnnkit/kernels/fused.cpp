@@ -127,18 +127,22 @@ struct Steps {
                 " rows of the input, got ", offset);
   }
 
-  // The packed row holding the state that row b of step t starts from, or -1
-  // when it starts from the initial state. The step before t in the
-  // direction of travel is t - 1 forward and t + 1 in reverse.
-  int64_t previous_row(int64_t t, int64_t b, bool reverse) const {
+  // Where the rows of step t start from. Rows [0, rows) continue from packed
+  // rows previous_offset + b of the step before, which is t - 1 forward and
+  // t + 1 in reverse. The other rows start from the initial state: all rows
+  // of the first step, and in reverse the rows that join as the batch grows.
+  struct Carry {
+    int64_t rows, previous_offset;
+  };
+  Carry carry(int64_t t, bool reverse) const {
     const int64_t before = reverse ? t + 1 : t - 1;
-    if (before < 0 || before >= count || b >= sizes[before]) return -1;
-    return offsets[before] + b;
+    if (before < 0 || before >= count) return {0, 0};
+    return {std::min(sizes[t], sizes[before]), offsets[before]};
   }
 };
 
-// Whether this process is a fork of one that may have started OpenMP
-// threads. libgomp's thread pool does not survive fork(): a child that opens
+// Whether this process is a forked child, whose parent may have started
+// OpenMP threads. libgomp's thread pool does not survive fork(): a child that opens
 // a parallel region after its parent did waits for the parent's threads
 // forever, so a forked child runs the kernels' own loops on one thread.
 // NOTE: the ops still call a few torch operations that may run in parallel
@@ -791,12 +795,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> forward_impl(
         });
         ++chunk;
       }
-      const int64_t before = reverse ? t + 1 : t - 1;
-      const bool chained = before >= 0 && before < steps.count;
-      // Rows [0, carried) continue from the step before. The rest (only in
-      // reverse, where the batch grows) start from h0.
-      const int64_t carried = chained ? std::min(rows, steps.sizes[before]) : 0;
-      const T* carried_data = out_data + (chained ? steps.offsets[before] : 0) * H_out;
+      // Rows [0, carried) continue from the step before, the rest from h0.
+      const auto [carried, previous_offset] = steps.carry(t, reverse);
+      const T* carried_data = out_data + previous_offset * H_out;
       const Strided<T> from_before{carried_data, H_out, 1};
       const Strided<T> from_h0{h0_data + carried * H_out, H_out, 1};
       // The other threads wrote their units of these rows, so they are not
@@ -993,14 +994,9 @@ void accumulate_recurrent_weight_grad(const Tensor& dgates, const Tensor& output
     segments.push_back({row, source_row, count, from_h0});
   };
   for (int64_t t = 0; t < steps.count; ++t) {
-    const int64_t before = reverse ? t + 1 : t - 1;
     const int64_t rows = steps.sizes[t], offset = steps.offsets[t];
-    if (before < 0 || before >= steps.count) {
-      add(offset, true, 0, rows);
-      continue;
-    }
-    const int64_t carried = std::min(rows, steps.sizes[before]);
-    add(offset, false, steps.offsets[before], carried);
+    const auto [carried, previous_offset] = steps.carry(t, reverse);
+    add(offset, false, previous_offset, carried);
     add(offset + carried, true, carried, rows - carried);
   }
   for (const Segment& segment : segments) {
@@ -1096,7 +1092,8 @@ Gradients backward_impl(Mode mode, const Tensor& grad_output, const Tensor& grad
   // gradients: every gate block on the input side, then (GRU) the n block on
   // the recurrent side, which r multiplies.
   const bool biased = w.b_ih.defined() || w.b_hh.defined();
-  std::vector<double> bias_sums(biased ? GH + (gru ? H : 0) : 0, 0.0);
+  std::vector<double> bias_sums;
+  if (biased) bias_sums.assign(gru ? GH + H : GH, 0.0);
 
   // The same team as the forward: each thread owns units [u0, u1) of the
   // gate arithmetic and columns [p0, p1) of dh (the same range without a
@@ -1126,11 +1123,8 @@ Gradients backward_impl(Mode mode, const Tensor& grad_output, const Tensor& grad
       }
       T* dgs_step = gru ? dgs_data + (s % 2) * B * GH : nullptr;
       // Rows [0, carried) started from the step before, the rest from the
-      // initial state (only in reverse, where the batch grows).
-      const int64_t before = reverse ? t + 1 : t - 1;
-      const bool chained = before >= 0 && before < steps.count;
-      const int64_t carried = chained ? std::min(rows, steps.sizes[before]) : 0;
-      const int64_t before_offset = chained ? steps.offsets[before] : 0;
+      // initial state.
+      const auto [carried, before_offset] = steps.carry(t, reverse);
       auto segment = [&](int64_t first, int64_t count, bool from_before) {
         if (count == 0 || units == 0) return;
         const int64_t row = offset + first;
