@@ -272,13 +272,17 @@ def test_fused_float32_large_near_float64(cell):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize("batch", [12, 24])
 @pytest.mark.parametrize("cell", ["RNN", "GRU", "LSTM", "LSTM-projected"])
-def test_fused_team_matches(cell, threads, dtype):
-    # 16 rows x 40 units is past the size (16K multiply-adds a step) at which
-    # a sequence runs on a team of threads, each owning a slice of the units.
-    # 40 units split unevenly at the vector width. With lengths, rows drop out
-    # (forward) and join from h0 (reverse) while the team runs, and a row of
-    # length 0 keeps its initial state.
+def test_fused_team_matches(cell, batch, threads, dtype):
+    # 12 or 24 rows x 40 units is past the size (16K multiply-adds a step) at
+    # which a sequence runs on a team of threads. With 12 rows, each thread
+    # owns a slice of the units, and 40 units split unevenly at the vector
+    # width. With 24 rows, each owns a share of the batch, unless there is a
+    # projection. With
+    # lengths, rows drop out (forward) and join from h0 (reverse) while the
+    # team runs, the shares of the batch differ in size, and a row of length
+    # 0 keeps its initial state.
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -286,20 +290,46 @@ def test_fused_team_matches(cell, threads, dtype):
         options = {"proj_size": 24} if cell == "LSTM-projected" else {}
         kind = cell.split("-")[0]
         layer = LAYERS[kind](8, 40, bidirectional=True, dtype=dtype, **options)
-        lengths = torch.tensor([6, 6, 6, 6, 6, 5, 5, 4, 4, 3, 3, 2, 2, 1, 1, 0])
+        lengths = {
+            12: [6, 6, 6, 5, 5, 4, 3, 3, 2, 1, 1, 0],
+            24: [6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 5, 5, 5, 5, 4, 4, 4, 3, 3, 2, 2, 1, 1, 0],
+        }[batch]
         out_size = options.get("proj_size", 40)
 
         def make_input():
             torch.manual_seed(1)
-            x = torch.randn(6, 16, 8, dtype=dtype, requires_grad=True)
-            h0 = torch.randn(2, 16, out_size, dtype=dtype, requires_grad=True)
+            x = torch.randn(6, batch, 8, dtype=dtype, requires_grad=True)
+            h0 = torch.randn(2, batch, out_size, dtype=dtype, requires_grad=True)
             if kind != "LSTM":
                 return x, h0
-            c0 = torch.randn(2, 16, 40, dtype=dtype, requires_grad=True)
+            c0 = torch.randn(2, batch, 40, dtype=dtype, requires_grad=True)
             return x, (h0, c0)
 
         assert_backends_agree(layer, make_input, dtype)
-        assert_backends_agree(layer, make_input, dtype, lengths=lengths)
+        assert_backends_agree(layer, make_input, dtype, lengths=torch.tensor(lengths))
+    finally:
+        torch.set_num_threads(previous)
+
+
+@pytest.mark.parametrize("cell", ["GRU", "LSTM"])
+def test_fused_batch_shares_over_many_chunks(cell):
+    # 80 steps of 24 rows x 40 units project their inputs in several chunks
+    # of steps. Each thread of a team that shares out the batch keeps its own
+    # chunk buffer, since one may start the next chunk while another still
+    # reads this one. Uneven lengths put the threads out of step.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        torch.manual_seed(0)
+        layer = LAYERS[cell](8, 40, dtype=torch.float64)
+        lengths = torch.tensor([80] * 12 + [70, 60, 50, 40, 30, 20, 10, 5, 3, 2, 1, 1])
+
+        def make_input():
+            torch.manual_seed(1)
+            return torch.randn(80, 24, 8, dtype=torch.float64, requires_grad=True), None
+
+        assert_backends_agree(layer, make_input, torch.float64)
+        assert_backends_agree(layer, make_input, torch.float64, lengths=lengths)
     finally:
         torch.set_num_threads(previous)
 
