@@ -155,6 +155,8 @@ struct Steps {
 
   // The batch entries [b0, b1) of share number index out of count. The
   // shares are cut so that each has about as many packed rows as the others.
+  // Each entry goes to the share whose part of the rows contains the middle
+  // of the entry's rows, so that one long entry does not leave a share empty.
   std::pair<int64_t, int64_t> batch_share(int64_t index, int64_t count, int64_t batch) const {
     // lengths[b]: the number of steps that batch entry b takes part in.
     std::vector<int64_t> lengths(batch + 1, 0);
@@ -165,7 +167,7 @@ struct Steps {
       if (share >= count) return batch;
       const int64_t target = total * share / count;
       int64_t b = 0, rows = 0;
-      while (b < batch && rows + lengths[b] <= target) rows += lengths[b++];
+      while (b < batch && 2 * rows + lengths[b] <= 2 * target) rows += lengths[b++];
       return b;
     };
     return {boundary(index), boundary(index + 1)};
