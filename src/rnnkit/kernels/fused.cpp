@@ -701,6 +701,42 @@ void transpose_block(const T* source, int64_t ld_source, int64_t rows, int64_t c
   }
 }
 
+// Columns [first, first + width) of a transposed weight of K rows, stored
+// in panels of up to size columns. Panel p contains the columns from
+// first + p * size on, with each of its K rows contiguous, so that a product
+// over the panel reads the weights in one sequential stream.
+template <typename T>
+struct Panels {
+  T* data;  // the whole transposed weight, K x every thread's columns
+  int64_t K, first, width, size;
+
+  int64_t count() const { return (width + size - 1) / size; }
+  T* panel(int64_t p) const { return data + K * first + p * K * size; }
+  int64_t columns(int64_t p) const { return std::min(size, width - p * size); }
+
+  // Fill columns [column, column + units) of the range, counted from first,
+  // with rows [0, units) of source, each K long and ld_source apart.
+  void fill(const T* source, int64_t ld_source, int64_t units, int64_t column) const {
+    for (int64_t u = 0; u < units;) {
+      const int64_t p = (column + u) / size, within = (column + u) % size;
+      const int64_t n = std::min(units - u, size - within);
+      transpose_block<T>(source + u * ld_source, ld_source, n, K, panel(p) + within,
+                         columns(p));
+      u += n;
+    }
+  }
+};
+
+// out[:, :width] (+)= a @ w for a (rows, K), where out starts at column first.
+template <typename T>
+void gemm_panels(Strided<T> a, int64_t rows, const Panels<T>& w, T* out, int64_t ldo,
+                 bool accumulate) {
+  for (int64_t p = 0; p < w.count(); ++p) {
+    gemm_range<T>(a, rows, w.K, w.panel(p), w.columns(p), out + p * w.size, ldo, accumulate,
+                  0, w.columns(p));
+  }
+}
+
 // The transpose of a contiguous matrix, as a new contiguous one.
 template <typename T>
 Tensor transposed(const Tensor& matrix) {
@@ -847,19 +883,22 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> forward_impl(
     // no barrier, and its products run over one range of columns. With one
     // thread, or a team that shares out the batch, this is the usual order of
     // the gate blocks. The threads of such a team each fill a slice and wait
-    // for the others before they read them all.
+    // for the others before they read them all. The transposed weights are
+    // stored in panels of four vectors of columns (see Panels). In one
+    // process against one block of each thread's columns, this made the
+    // forward at (50, 64, 512, 512) 1.05x to 1.35x faster for the LSTM and
+    // GRU, whose rows of 1024 or 2048 floats had put every weight row a step
+    // reads in the same cache sets. Smaller cases stayed within noise.
     const auto [f0, f1] = team.slice(H, L);
     const int64_t own_first = G * u0, own_end = G * u1;
+    const Panels<T> w_ih_panels{w_ih_data, I, own_first, own_end - own_first, 4 * L};
+    const Panels<T> w_hh_panels{w_hh_data, H_out, own_first, own_end - own_first, 4 * L};
     for (int64_t gate = 0; gate < G; ++gate) {
-      const int64_t column = own_first + gate * units + (f0 - u0), unit = gate * H + f0;
-      transpose_block<T>(w_ih_source + unit * I, I, f1 - f0, I, w_ih_data + column, GH);
-      transpose_block<T>(w_hh_source + unit * H_out, H_out, f1 - f0, H_out,
-                         w_hh_data + column, GH);
+      const int64_t column = gate * units + (f0 - u0), unit = gate * H + f0;
+      w_ih_panels.fill(w_ih_source + unit * I, I, f1 - f0, column);
+      w_hh_panels.fill(w_hh_source + unit * H_out, H_out, f1 - f0, column);
     }
     if (by_batch) team.sync();
-    auto own_columns = [&](const auto& fn) {
-      if (units > 0) fn(own_first, own_end);
-    };
     int64_t chunk = 0, chunk_first = 0;
     for (int64_t s = 0; s < steps.count; ++s) {
       const int64_t t = reverse ? steps.count - 1 - s : s;
@@ -882,10 +921,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> forward_impl(
                              first;
           const int64_t row = by_batch ? p.offset : first;
           const Strided<T> x_rows{x_data + row * I, I, 1};
-          T* target = xg_buffer + (row - chunk_first) * ld_xg;
-          own_columns([&](int64_t begin, int64_t stop) {
-            gemm_range<T>(x_rows, count, I, w_ih_data, GH, target, ld_xg, false, begin, stop);
-          });
+          T* target = xg_buffer + (row - chunk_first) * ld_xg + own_first;
+          gemm_panels<T>(x_rows, count, w_ih_panels, target, ld_xg, false);
           if (!by_batch) break;
         }
         ++chunk;
@@ -902,13 +939,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> forward_impl(
         for (int64_t line = 0; line < bytes; line += 64) __builtin_prefetch(base + line);
       }
       T* hg_part = hg_data + b0 * GH;
-      auto product = [&](int64_t begin, int64_t end) {
-        gemm_range<T>(from_before, carried, H_out, w_hh_data, GH, hg_part, GH, false, begin,
-                      end);
-        gemm_range<T>(from_h0, rows - carried, H_out, w_hh_data, GH, hg_part + carried * GH,
-                      GH, false, begin, end);
-      };
-      own_columns(product);
+      gemm_panels<T>(from_before, carried, w_hh_panels, hg_part + own_first, GH, false);
+      gemm_panels<T>(from_h0, rows - carried, w_hh_panels, hg_part + carried * GH + own_first,
+                     GH, false);
       if (units > 0 && rows > 0) {
         const Rows<const T> xg_rows{xg_buffer + (offset - chunk_first) * ld_xg + own_first,
                                     ld_xg};
