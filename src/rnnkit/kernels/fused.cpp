@@ -661,12 +661,12 @@ int64_t team_size(int64_t step_product, int64_t parts) {
 // the others. There is no barrier a step, and no wait for a core that the
 // machine has slowed. Each thread then reads all the weights every step, which pays
 // while they stay near its core, and each needs enough rows to fill the
-// GEMM's register blocks. On two threads of a machine with 1 MiB of L2 a
-// core, against the split of the units in one process, the forward at
-// (200, 32, 32, 64) ran 1.21x to 1.32x faster and training 1.02x to 1.20x.
-// At (100, 64, 128, 256), with weights of 0.4 to 1.6 MiB, the changes
-// ranged from 1.00x to 1.11x. With weights of 4 MiB and more, it was up to
-// 12% slower, so those keep the split of the units.
+// GEMM's register blocks. This was measured on two threads of a machine
+// with 1 MiB of L2 a core, against the split of the units in one process.
+// At (200, 32, 32, 64), inference ran 1.10x to 1.20x faster (one LSTM run
+// of two at 1.8x) and training 1.09x to 1.32x. At (100, 64, 128, 256), with weights of 0.4
+// to 1.6 MiB, it ran 1.02x to 1.22x faster. With weights of 4 MiB and more,
+// it was up to 12% slower, so those keep the split of the units.
 // NOTE: the limit of twice the L2 size comes from that one machine. A
 // projection also keeps the split of the units, because its weight gradient
 // is summed in the loop per slice of units.
@@ -889,7 +889,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> forward_impl(
     // forward at (50, 64, 512, 512) 1.05x to 1.35x faster for the LSTM and
     // GRU. Their rows of 1024 or 2048 floats had put the weight rows that a
     // product reads 4 or 8 KiB apart, which maps them all to one set of a
-    // 32 KiB 8-way L1 cache. Smaller cases stayed within noise.
+    // 32 KiB 8-way L1 cache. A layout with one block a thread and one vector
+    // of padding per row, which avoids those conflicts too, was 1.22x slower
+    // than the panels there. The GRU at (100, 1, 1, 32), whose 96 columns
+    // make two panels, was 2% to 4% slower. Other cases stayed within noise.
     const auto [f0, f1] = team.slice(H, L);
     const int64_t own_first = G * u0, own_end = G * u1;
     const Panels<T> w_ih_panels{w_ih_data, I, own_first, own_end - own_first, 4 * L};
