@@ -194,3 +194,13 @@ def test_checkpoint_loads_with_weights_only(digits_model):
     assert payload["encoder"]["kind"] == NUMBERS
     assert len(payload["encoder"]["mean"]) == 8
     assert payload["settings"]["epochs"] == 2
+
+
+def test_kernel_load_is_not_training_time(slow_kernel_load):
+    # A first-use compile of the fused kernels happens before the training
+    # clock starts.
+    config = ClassifierConfig(0, cell="gru", hidden_size=8, embedding_size=4)
+    settings = ClassifierSettings(epochs=1)
+    _, _, result = train_classifier(speaker_lines(), config, settings)
+    assert len(slow_kernel_load.calls) == 1
+    assert result.seconds < slow_kernel_load.seconds

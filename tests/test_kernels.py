@@ -776,3 +776,28 @@ def test_export_shows_the_fused_op():
         program = torch.export.export(layer, (x,))
     targets = {str(node.target) for node in program.graph.nodes}
     assert "rnnkit.fused_rnn_forward.default" in targets
+
+
+def test_prepare_loads_for_fused_and_auto_only(monkeypatch):
+    calls = []
+    monkeypatch.setattr(fused, "load", lambda: calls.append("load"))
+    with rnnkit.use_backend("reference"):
+        kernels.prepare()
+    assert calls == []
+    with rnnkit.use_backend("fused"):
+        kernels.prepare()
+    assert calls == ["load"]
+    with rnnkit.use_backend("auto"):
+        kernels.prepare()
+    assert calls == ["load", "load"]
+
+
+def test_prepare_raises_for_fused_only(monkeypatch):
+    def fail():
+        raise RuntimeError("no C++ compiler found")
+
+    monkeypatch.setattr(fused, "load", fail)
+    with rnnkit.use_backend("auto"):
+        kernels.prepare()
+    with rnnkit.use_backend("fused"), pytest.raises(RuntimeError, match="compiler"):
+        kernels.prepare()

@@ -293,3 +293,12 @@ def test_fit_calls_on_improvement_with_best_weights():
         assert best_step in (2, 4, 6)
         assert loss == pytest.approx(best_val_loss, rel=1e-6)
     assert seen[-1][0] == result.best_step
+
+
+def test_kernel_load_is_not_training_time(slow_kernel_load):
+    # A first-use compile of the fused kernels happens before the training
+    # clock starts.
+    settings = TrainSettings(seq_len=16, batch_size=8, max_steps=2)
+    _, _, result = train_language_model(TEXT[:5000], TINY, settings)
+    assert len(slow_kernel_load.calls) == 1
+    assert result.seconds < slow_kernel_load.seconds

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from rnnkit import distributed
+from rnnkit import distributed, kernels
 from rnnkit.resume import LoopState, capture_training, restore_training
 
 
@@ -107,6 +107,7 @@ def fit(
     network = distributed.wrap_model(model)
     main_process = distributed.is_main_process()
 
+    kernels.prepare()  # a first-use compile does not count as training time
     started = time.perf_counter() - loop.seconds
     # A state saved after the stopping epoch resumes into no further epochs.
     stopped = loop.epoch - loop.best_epoch >= config.patience
