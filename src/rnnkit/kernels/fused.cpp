@@ -659,14 +659,15 @@ int64_t team_size(int64_t step_product, int64_t parts) {
 // units. The batch entries are independent through the recurrence, so a
 // thread that owns some of them runs all of their steps without waiting for
 // the others. There is no barrier a step, and no wait for a core that the
-// machine has slowed. Each thread then reads all the weights every step, which pays
-// while they stay near its core, and each needs enough rows to fill the
-// GEMM's register blocks. This was measured on two threads of a machine
-// with 1 MiB of L2 a core, against the split of the units in one process.
-// At (200, 32, 32, 64), inference ran 1.10x to 1.20x faster (one LSTM run
-// of two at 1.8x) and training 1.09x to 1.32x. At (100, 64, 128, 256), with weights of 0.4
-// to 1.6 MiB, it ran 1.02x to 1.22x faster. With weights of 4 MiB and more,
-// it was up to 12% slower, so those keep the split of the units.
+// machine has slowed. Each thread then reads all the weights every step,
+// which pays while they stay near its core, and each needs enough rows to
+// fill the GEMM's register blocks. This was measured on two threads of a
+// machine with 1 MiB of L2 a core, against the split of the units in one
+// process. At (200, 32, 32, 64), inference ran 1.10x to 1.20x faster (one
+// LSTM run of two at 1.8x) and training 1.09x to 1.32x. At
+// (100, 64, 128, 256), with weights of 0.4 to 1.6 MiB, it ran 1.02x to
+// 1.22x faster. With weights of 4 MiB and more, it was up to 12% slower, so
+// those keep the split of the units.
 // NOTE: the limit of twice the L2 size comes from that one machine. A
 // projection also keeps the split of the units, because its weight gradient
 // is summed in the loop per slice of units.
@@ -873,8 +874,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> forward_impl(
                                    : team.slice(H_out, L);
     const int64_t units = u1 - u0;
     const bool shared = team.size > 1 && !by_batch;
-    T* const xg_buffer = lstm || gru ? xg_data + team.index * (by_batch ? chunk_capacity * GH : 0)
-                                     : out_data;
+    const int64_t buffer_offset = by_batch ? team.index * chunk_capacity * GH : 0;
+    T* const xg_buffer = lstm || gru ? xg_data + buffer_offset : out_data;
     // The columns of the products (W_ih and W_hh transposed, the input
     // projection xg and the step product hg) are in team order. The thread
     // with units [u0, u1) owns columns [G * u0, G * u1), with its gate blocks
