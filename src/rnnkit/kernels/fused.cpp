@@ -684,6 +684,45 @@ bool share_batch(int64_t threads, int64_t batch, int64_t weight_bytes, bool proj
          weight_bytes <= share_weight_bytes();
 }
 
+// How a run splits between the threads of its team: the team's size, and
+// whether each thread owns a share of the batch or a slice of the units.
+struct Plan {
+  int64_t threads = 1;
+  bool by_batch = false;
+
+  // What one thread owns: batch entries [b0, b1), units [u0, u1) and state
+  // columns [p0, p1), the same as the units without a projection.
+  struct Owned {
+    int64_t b0, b1, u0, u1, p0, p1;
+  };
+  Owned owned(const Team& team, const Steps& steps, int64_t batch, int64_t H, int64_t H_out,
+              int64_t lanes) const {
+    if (by_batch) {
+      const auto [b0, b1] = steps.batch_share(team.index, team.size, batch);
+      return {b0, b1, 0, H, 0, H_out};
+    }
+    const auto [u0, u1] = team.slice(H, lanes);
+    const auto [p0, p1] = team.slice(H_out, lanes);
+    return {0, batch, u0, u1, p0, p1};
+  }
+
+  // Whether the threads split the units, and so meet at a barrier each step.
+  bool shared(const Team& team) const { return team.size > 1 && !by_batch; }
+};
+
+// The plan for a run of I input features, H units with H_out outputs and GH
+// gate columns, over these steps of a batch.
+template <typename T>
+Plan plan_team(const Steps& steps, int64_t batch, int64_t I, int64_t H, int64_t H_out,
+               int64_t GH, bool projected) {
+  const int64_t largest = steps.count > 0 ? steps.sizes[0] * H_out * GH : 0;
+  const int64_t batch_threads = team_size(largest, batch / kShareRows);
+  const int64_t weight_bytes = (I + H_out) * GH * static_cast<int64_t>(sizeof(T));
+  if (share_batch(batch_threads, batch, weight_bytes, projected)) return {batch_threads, true};
+  const int64_t slices = (H + Vector<T>::kLanes - 1) / Vector<T>::kLanes;
+  return {team_size(largest, slices), false};
+}
+
 // target[c, r] = source[r, c] for r < rows and c < columns, with the rows of
 // source and target ld_source and ld_target apart. Tiles of 16 x 16 keep
 // both the reads and the writes within a few cache lines.
@@ -821,15 +860,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> forward_impl(
     chunk_starts.push_back(steps.count);
   }
   const int64_t I = x.size(1);
-  const int64_t largest = steps.count > 0 ? steps.sizes[0] * H_out * GH : 0;
-  const int64_t slices = (H + Vector<T>::kLanes - 1) / Vector<T>::kLanes;
-  const int64_t batch_threads = team_size(largest, B / kShareRows);
-  const bool by_batch = share_batch(batch_threads, B, (I + H_out) * GH * sizeof(T), projected);
-  const int64_t threads = by_batch ? batch_threads : team_size(largest, slices);
+  const Plan plan = plan_team<T>(steps, B, I, H, H_out, GH, projected);
   // A team that shares out the batch gives each thread a chunk buffer of its
   // own, because a thread may start the next chunk while another still
   // reads this one.
-  const int64_t chunk_buffers = by_batch ? threads : 1;
+  const int64_t chunk_buffers = plan.by_batch ? plan.threads : 1;
   Tensor xg = lstm || gru ? at::empty({chunk_buffers * chunk_capacity, GH}, x.options())
                           : Tensor();
   // W_ih and W_hh transposed, with their columns in team order: each
@@ -863,17 +898,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> forward_impl(
   // A step reads the state it starts from in the output rows of the step
   // before (or in h0), so the loop keeps no state buffer but c, whose units
   // each thread only reads and writes in its own slice.
-  run_team(threads, [&](const Team& team) {
+  run_team(plan.threads, [&](const Team& team) {
     constexpr int64_t L = Vector<T>::kLanes;
     // A thread owns either batch entries [b0, b1) and every unit, or every
     // batch entry and units [u0, u1) (see share_batch).
-    const auto [b0, b1] = by_batch ? steps.batch_share(team.index, team.size, B)
-                                   : std::pair<int64_t, int64_t>{0, B};
-    const auto [u0, u1] = by_batch ? std::pair<int64_t, int64_t>{0, H} : team.slice(H, L);
-    const auto [p0, p1] = by_batch ? std::pair<int64_t, int64_t>{0, H_out}
-                                   : team.slice(H_out, L);
+    const auto [b0, b1, u0, u1, p0, p1] = plan.owned(team, steps, B, H, H_out, L);
     const int64_t units = u1 - u0;
-    const bool shared = team.size > 1 && !by_batch;
+    const bool by_batch = plan.by_batch, shared = plan.shared(team);
     const int64_t buffer_offset = by_batch ? team.index * chunk_capacity * GH : 0;
     T* const xg_buffer = lstm || gru ? xg_data + buffer_offset : out_data;
     // The columns of the products (W_ih and W_hh transposed, the input
@@ -1234,27 +1265,19 @@ Gradients backward_impl(Mode mode, const Tensor& grad_output, const Tensor& grad
   // no other.
   const int64_t gout_stride0 = gout_data != nullptr ? grad_output.stride(0) : 0;
   const int64_t gout_stride1 = gout_data != nullptr ? grad_output.stride(1) : 0;
-  const int64_t largest = steps.count > 0 ? steps.sizes[0] * H_out * GH : 0;
-  const int64_t slices = (H + Vector<T>::kLanes - 1) / Vector<T>::kLanes;
-  const int64_t batch_threads = team_size(largest, B / kShareRows);
-  const bool by_batch =
-      share_batch(batch_threads, B, (x.size(1) + H_out) * GH * sizeof(T), projected);
-  const int64_t threads = by_batch ? batch_threads : team_size(largest, slices);
+  const Plan plan = plan_team<T>(steps, B, x.size(1), H, H_out, GH, projected);
   // Each thread of a team that shares out the batch sums its own rows; the
   // sums are added after the loop, in thread order.
   std::vector<double> bias_sums;
-  if (biased) bias_sums.assign((by_batch ? threads : 1) * sums_width, 0.0);
-  run_team(threads, [&](const Team& team) {
+  const int64_t sum_parts = plan.by_batch ? plan.threads : 1;
+  if (biased) bias_sums.assign(sum_parts * sums_width, 0.0);
+  run_team(plan.threads, [&](const Team& team) {
     constexpr int64_t L = Vector<T>::kLanes;
-    const auto [b0, b1] = by_batch ? steps.batch_share(team.index, team.size, B)
-                                   : std::pair<int64_t, int64_t>{0, B};
-    const auto [u0, u1] = by_batch ? std::pair<int64_t, int64_t>{0, H} : team.slice(H, L);
-    const auto [p0, p1] = by_batch ? std::pair<int64_t, int64_t>{0, H_out}
-                                   : team.slice(H_out, L);
+    const auto [b0, b1, u0, u1, p0, p1] = plan.owned(team, steps, B, H, H_out, L);
     const int64_t units = u1 - u0;
-    const bool shared = team.size > 1 && !by_batch;
-    double* const sums = biased ? bias_sums.data() + (by_batch ? team.index * sums_width : 0)
-                                : nullptr;
+    const bool shared = plan.shared(team);
+    const int64_t sums_offset = plan.by_batch ? team.index * sums_width : 0;
+    double* const sums = biased ? bias_sums.data() + sums_offset : nullptr;
     T* const dh_part = dh_data + b0 * H_out;
     for (int64_t s = steps.count - 1; s >= 0; --s) {
       const int64_t t = reverse ? steps.count - 1 - s : s;
@@ -1355,7 +1378,7 @@ Gradients backward_impl(Mode mode, const Tensor& grad_output, const Tensor& grad
   Tensor grad_b_hh = at::empty({w.b_hh.defined() ? GH : 0}, x.options());
   T* b_ih_grad = grad_b_ih.mutable_data_ptr<T>();
   T* b_hh_grad = grad_b_hh.mutable_data_ptr<T>();
-  for (int64_t part = 1; part < (by_batch ? threads : 0) && biased; ++part) {
+  for (int64_t part = 1; part < sum_parts && biased; ++part) {
     for (int64_t j = 0; j < sums_width; ++j) bias_sums[j] += bias_sums[part * sums_width + j];
   }
   for (int64_t j = 0; j < GH && biased; ++j) {
