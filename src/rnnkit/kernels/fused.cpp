@@ -684,14 +684,14 @@ bool share_batch(int64_t threads, int64_t batch, int64_t weight_bytes, bool proj
          weight_bytes <= share_weight_bytes();
 }
 
-// How a run splits between the threads of its team: the team's size, and
+// The split of a run between the threads of its team: the team's size, and
 // whether each thread owns a share of the batch or a slice of the units.
 struct Plan {
   int64_t threads = 1;
   bool by_batch = false;
 
-  // What one thread owns: batch entries [b0, b1), units [u0, u1) and state
-  // columns [p0, p1), the same as the units without a projection.
+  // The part that one thread owns: batch entries [b0, b1), units [u0, u1)
+  // and state columns [p0, p1), the same as the units without a projection.
   struct Owned {
     int64_t b0, b1, u0, u1, p0, p1;
   };
