@@ -1,5 +1,8 @@
 """Paths given to the commands: checked before work, cleaned up after errors."""
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -108,3 +111,20 @@ def test_usage_error_is_one_line(capsys):
         "rnnkit: error: argument --horizon: invalid int value: 'abc' "
         "(see 'rnnkit compare --help')\n"
     )
+
+
+def test_closed_output_pipe_ends_quietly():
+    # A reader that stops early (rnnkit explain ... | head -1) closes the
+    # pipe. Here it is closed before the command writes at all.
+    reader, writer = os.pipe()
+    os.close(reader)
+    command = [sys.executable, "-m", "rnnkit", "explain", "--model", "lstm",
+               "--input", "0.1,0.2,0.3"]  # fmt: skip
+    try:
+        completed = subprocess.run(
+            command, stdout=writer, stderr=subprocess.PIPE, text=True, timeout=120
+        )
+    finally:
+        os.close(writer)
+    assert completed.returncode == 1
+    assert completed.stderr == ""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 COMMAND_MODULES = [
@@ -54,6 +55,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="rnnkit: %(message)s")
     try:
         return int(args.handler(args) or 0)
+    except BrokenPipeError:
+        # The reader of standard output closed it (rnnkit ... | head), which
+        # ends the output, as in other command-line tools. Standard output is
+        # pointed at /dev/null so that Python's final flush does not fail too.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
     except (ValueError, OSError) as error:
         print(f"rnnkit: error: {error}", file=sys.stderr)
         return 2
