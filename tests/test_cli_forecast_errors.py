@@ -8,10 +8,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 
 from rnnkit.cli import main
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 GOOD_ROWS = [
     f"{2000 + i // 12}-{i % 12 + 1:02d}-01,{100 + i % 12 + i}" for i in range(60)
@@ -140,3 +144,38 @@ def test_error_through_python_m_has_no_traceback(tmp_path):
 
     assert_clean_failure(completed.returncode, completed.stderr, "data file not found")
     assert not Path(tmp_path / "out").exists()
+
+
+def test_forecast_fills_gaps_in_new_data(tmp_path, capsys):
+    # A model trained on complete data forecasts new data with gaps once
+    # --fill is given, as the error for the gaps suggests.
+    train_out = tmp_path / "train"
+    code = main(["train", "--data", str(DATA / "airline-passengers.csv"),
+                 "--model", "rnn", "--context", "6", "--horizon", "3",
+                 "--epochs", "1", "--out", str(train_out)])  # fmt: skip
+    assert code == 0
+    frame = pd.read_csv(DATA / "airline-passengers.csv")
+    frame.loc[[100, 101, 140], "Passengers"] = np.nan
+    gaps = tmp_path / "gaps.csv"
+    frame.to_csv(gaps, index=False)
+    checkpoint = str(train_out / "rnn.pt")
+
+    code = main(["forecast", "--checkpoint", checkpoint, "--data", str(gaps),
+                 "--out", str(tmp_path / "error")])  # fmt: skip
+    error = capsys.readouterr().err
+    assert code == 2
+    assert "--fill ffill" in error
+    assert not (tmp_path / "error").exists()
+
+    filled = frame.copy()
+    filled["Passengers"] = filled["Passengers"].interpolate()
+    complete = tmp_path / "filled.csv"
+    filled.to_csv(complete, index=False)
+    for data, out, extra in ((gaps, "with_fill", ["--fill", "interpolate"]),
+                             (complete, "oracle", [])):  # fmt: skip
+        code = main(["forecast", "--checkpoint", checkpoint, "--data", str(data),
+                     "--out", str(tmp_path / out), *extra])  # fmt: skip
+        assert code == 0
+    got = pd.read_csv(tmp_path / "with_fill" / "forecast.csv")
+    expected = pd.read_csv(tmp_path / "oracle" / "forecast.csv")
+    pd.testing.assert_frame_equal(got, expected)

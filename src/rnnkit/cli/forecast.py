@@ -108,6 +108,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="steps to forecast (default: the horizon the model was trained for)",
     )
     forecast.add_argument(
+        "--fill",
+        choices=FILL_METHODS,
+        help="fill missing values by carrying the last value forward or by linear "
+        "interpolation (default: the method the model was trained with; without "
+        "one, missing values are an error)",
+    )
+    forecast.add_argument(
         "--out",
         default="runs/forecast",
         metavar="DIR",
@@ -301,7 +308,9 @@ def run_train_command(args: argparse.Namespace) -> int:
 
 def run_forecast_command(args: argparse.Namespace) -> int:
     model, metadata = load_checkpoint(args.checkpoint)
-    forecast = forecast_future(model, metadata, data=args.data, horizon=args.horizon)
+    forecast = forecast_future(
+        model, metadata, data=args.data, horizon=args.horizon, fill=args.fill
+    )
     check_output_dir(Path(args.out))
     written = write_future(forecast, Path(args.out))
 

@@ -26,12 +26,15 @@ def forecast_future(
     metadata: dict,
     data: str | None = None,
     horizon: int | None = None,
+    fill: str | None = None,
 ) -> FutureForecast:
     """Forecast ``horizon`` steps past the last row of the series.
 
     The series is ``data`` when given, else the one the model was trained on,
-    read with the same columns, date column, fill method and scaler.
-    ``horizon`` defaults to the horizon the model was trained for.
+    read with the same columns, date column and scaler. Missing values are
+    filled with ``fill`` (see ``load_series``), which defaults to the fill
+    method of training. ``horizon`` defaults to the horizon the model was
+    trained for.
     """
     config = metadata["model"]
     recorded = metadata["data"]
@@ -51,7 +54,7 @@ def forecast_future(
         data,
         columns=recorded["columns"],
         date_column=recorded["date_column"],
-        fill=recorded["fill"],
+        fill=recorded["fill"] if fill is None else fill,
         season=recorded["season"],
     )
     context = recorded["context"]
