@@ -129,6 +129,33 @@ def test_predict_without_labels(trained, tmp_path, capsys):
     assert [row["row"] for row in rows] == ["1", "2"]
 
 
+def test_predict_uses_trained_columns(trained, speaker_csv, tmp_path, capsys):
+    # The model was trained with --sequence-column line --label-column kind.
+    # Without those options, predict reads the same columns, so its
+    # predictions equal those of a run that names them.
+    outs = {}
+    for name, options in (
+        ("recorded", []),
+        ("named", ["--sequence-column", "line", "--label-column", "kind"]),
+    ):
+        outs[name] = tmp_path / f"{name}.csv"
+        argv = ["classify", "predict", "--checkpoint", str(trained / "classifier.pt")]
+        argv += ["--data", str(speaker_csv), "--out", str(outs[name]), *options]
+        assert main(argv) == 0
+    assert outs["recorded"].read_text() == outs["named"].read_text()
+    with outs["recorded"].open(newline="") as file:
+        assert next(csv.reader(file)) == ["row", "prediction", "probability", "label"]
+
+
+def test_predict_option_overrides_trained_column(trained, tmp_path, capsys):
+    data = tmp_path / "new.csv"
+    data.write_text("text\nKING RICHARD III:\n")
+    argv = ["classify", "predict", "--checkpoint", str(trained / "classifier.pt")]
+    argv += ["--data", str(data), "--out", str(tmp_path / "p.csv")]
+    assert_one_line_error(capsys, main(argv), "no sequence column 'line'")
+    assert main([*argv, "--sequence-column", "text"]) == 0
+
+
 def test_train_rejects_missing_labels(speaker_csv, tmp_path, capsys):
     path = tmp_path / "gaps.csv"
     lines = speaker_csv.read_text(encoding="utf-8").splitlines()

@@ -39,6 +39,8 @@ SETTINGS = ClassifierSettings()
 MODEL = ClassifierConfig(0)
 CHECKPOINT_NAME = "classifier.pt"
 RESULTS_NAME = "results.json"
+# The sequence and label columns of a data file when no option names them.
+DEFAULT_COLUMNS = {"sequence": "sequence", "label": "label"}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -119,16 +121,17 @@ def _add_data_options(parser: argparse.ArgumentParser, with_kind: bool = True) -
         help="a .csv file with a header row, or a .jsonl file with one object per "
         "line (default: the built-in handwritten digits)",
     )
+    trained = " the column used in training, else" if not with_kind else ""
     group.add_argument(
         "--sequence-column",
-        default="sequence",
         help="column with the sequence: text, or numbers separated by commas or "
-        "spaces, with ';' between steps of several features (default: %(default)s)",
+        f"spaces, with ';' between steps of several features (default:{trained} "
+        f"{DEFAULT_COLUMNS['sequence']})",
     )
     group.add_argument(
         "--label-column",
-        default="label",
-        help="column with the class label (default: %(default)s)",
+        help=f"column with the class label (default:{trained} "
+        f"{DEFAULT_COLUMNS['label']})",
     )
     if with_kind:
         group.add_argument(
@@ -147,14 +150,21 @@ def _print_help(parser: argparse.ArgumentParser) -> int:
 
 
 def _load_data(
-    args: argparse.Namespace, require_labels: bool, kind: str
+    args: argparse.Namespace,
+    require_labels: bool,
+    kind: str,
+    trained_columns: dict[str, str] | None = None,
 ) -> SequenceData:
+    """Read --data, with the columns named by the options, else by
+    ``trained_columns`` (those of a checkpoint's training data), else the
+    defaults."""
     if args.data is None:
         return load_builtin_digits()
+    columns = {**DEFAULT_COLUMNS, **(trained_columns or {})}
     return read_sequences(
         check_input_file(args.data),
-        sequence_column=args.sequence_column,
-        label_column=args.label_column,
+        sequence_column=args.sequence_column or columns["sequence"],
+        label_column=args.label_column or columns["label"],
         require_labels=require_labels,
         kind=kind,
     )
@@ -208,7 +218,8 @@ def run_train_command(args: argparse.Namespace) -> int:
 def run_predict_command(args: argparse.Namespace) -> int:
     check_output_file(args.out, "--out")
     model, encoder, classes, payload = load_classifier(args.checkpoint)
-    data = _load_data(args, require_labels=False, kind=encoder.kind)
+    trained_columns = payload.get("data", {}).get("columns")
+    data = _load_data(args, False, encoder.kind, trained_columns)
     if data.kind != encoder.kind:
         raise ValueError(
             f"the classifier reads {encoder.kind} sequences, but {data.source} "

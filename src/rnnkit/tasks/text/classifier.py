@@ -292,7 +292,7 @@ def train_classifier(
         payload["encoder"] = encoder.to_dict()
         payload["settings"] = settings.to_dict()
         payload["result"] = result.to_dict()
-        payload["data"] = {"source": data.source}
+        payload["data"] = {"source": data.source, "columns": data.columns}
         checkpoint.save_checkpoint(payload, checkpoint_path)
     return model, encoder, result
 

@@ -34,6 +34,8 @@ class SequenceData:
     ``"numbers"``). ``labels`` is None when the source has no label column
     and none was required. ``rows`` gives each sequence's row number in the
     source (1-based data rows), for messages and predictions.
+    ``columns`` names the sequence and label columns of a file source, and
+    is None for the built-in data.
     """
 
     sequences: list
@@ -41,6 +43,7 @@ class SequenceData:
     kind: str
     source: str
     rows: list[int]
+    columns: dict[str, str] | None = None
 
 
 def load_builtin_digits() -> SequenceData:
@@ -137,7 +140,8 @@ def read_sequences(
         else:
             sequences.append(parse_numbers(value, where))
     _check_feature_counts(sequences, rows, kind, path)
-    return SequenceData(sequences, labels, kind, str(path), rows)
+    columns = {"sequence": sequence_column, "label": label_column}
+    return SequenceData(sequences, labels, kind, str(path), rows, columns)
 
 
 def parse_numbers(value, where: str) -> np.ndarray:
