@@ -54,6 +54,7 @@ CASES = {
     "unknown model": (csv_text(GOOD_ROWS), ["--models", "rnn,transformer"],
                       "unknown model 'transformer'"),
     "empty file": ("", [], "is empty"),
+    "not csv": ("value\n1\n2,3\n", [], "Expected 1 fields in line 3, saw 2"),
 }  # fmt: skip
 
 
@@ -179,3 +180,14 @@ def test_forecast_fills_gaps_in_new_data(tmp_path, capsys):
     got = pd.read_csv(tmp_path / "with_fill" / "forecast.csv")
     expected = pd.read_csv(tmp_path / "oracle" / "forecast.csv")
     pd.testing.assert_frame_equal(got, expected)
+
+
+def test_csv_parse_error_ends_in_one_newline(tmp_path, capsys):
+    # pandas ends this parser message in a newline of its own.
+    path = tmp_path / "series.csv"
+    path.write_text("value\n1\n2,3\n")
+    code = main(["compare", "--data", str(path), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("rnnkit: error: could not parse")
+    assert err.count("\n") == 1

@@ -367,6 +367,15 @@ def test_input_dtype_differing_from_parameters_is_rejected():
         layer(torch.zeros(5, 2, 3, dtype=torch.float64))
 
 
+def test_integer_input_error_suggests_converting_input_only():
+    layer = rnnkit.LSTM(3, 4)
+    with pytest.raises(TypeError) as error:
+        layer(torch.ones(2, 5, 3, dtype=torch.long))
+    message = str(error.value)
+    assert "got torch.int64" in message
+    assert message.endswith("convert the input with .to(torch.float32)")
+
+
 def test_state_dtype_differing_from_input_is_rejected():
     layer = rnnkit.GRU(3, 4)
     h0 = torch.zeros(1, 2, 4, dtype=torch.float64)

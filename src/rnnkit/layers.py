@@ -361,10 +361,16 @@ class RecurrentBase(nn.Module):
             )
         weight = self.weight_ih_l0
         if tensor.dtype != weight.dtype:
+            # Only a floating-point dtype is a valid dtype for the layer too.
+            layer_fix = (
+                f" or the layer with .to({tensor.dtype})"
+                if tensor.dtype.is_floating_point
+                else ""
+            )
             raise TypeError(
                 f"expected {name} of dtype {weight.dtype} to match the layer's "
                 f"parameters, got {tensor.dtype}; convert the input with "
-                f".to({weight.dtype}) or the layer with .to({tensor.dtype})"
+                f".to({weight.dtype}){layer_fix}"
             )
         if tensor.device != weight.device:
             raise ValueError(

@@ -128,7 +128,9 @@ def _read_csv(path: Path) -> pd.DataFrame:
     except pd.errors.EmptyDataError:
         raise ValueError(f"data file {path} is empty: expected a CSV file") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as error:
-        raise ValueError(f"could not parse {path} as CSV: {error}") from None
+        # pandas' parser messages can end in a newline; the error is one line.
+        detail = " ".join(str(error).split())
+        raise ValueError(f"could not parse {path} as CSV: {detail}") from None
     if frame.empty:
         raise ValueError(f"data file {path} has a header but no rows")
     return frame
