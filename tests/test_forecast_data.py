@@ -157,3 +157,40 @@ def test_empty_file_raises(tmp_path):
 
     with pytest.raises(ValueError, match="is empty"):
         load_series(path)
+
+
+DATES_SECOND = "sales,date\n" + "".join(
+    f"{100 + day},2022-01-{day:02d}\n" for day in range(1, 29)
+)
+
+
+def test_date_column_not_first_is_named_in_error(tmp_path):
+    path = write(tmp_path, DATES_SECOND)
+    with pytest.raises(ValueError) as error:
+        load_series(path)
+    message = str(error.value)
+    assert message.startswith("the data has 2 value columns ('sales', 'date')")
+    assert message.endswith(
+        "column 'date' looks like dates: name it with --date-column date to use them"
+    )
+
+
+def test_unused_date_column_is_warned_of(tmp_path, caplog):
+    path = write(tmp_path, DATES_SECOND)
+    series = load_series(path, columns=["sales"])
+    assert series.dates is None
+    assert "column 'date' looks like dates" in caplog.text
+
+    caplog.clear()
+    series = load_series(path, columns=["sales"], date_column="date")
+    assert series.frequency == "daily"
+    assert caplog.text == ""
+
+
+def test_numeric_second_column_gives_no_date_hint(tmp_path, caplog):
+    path = write(tmp_path, "a,b\n" + "".join(f"{i},{2 * i}\n" for i in range(30)))
+    with pytest.raises(ValueError) as error:
+        load_series(path)
+    assert "looks like dates" not in str(error.value)
+    load_series(path, columns=["a"])
+    assert caplog.text == ""

@@ -146,13 +146,30 @@ def _choose_date_column(
     first = frame.columns[0]
     if columns and first in columns:
         return None
-    text = frame[first].dropna()
+    return first if _looks_like_dates(frame[first]) else None
+
+
+def _looks_like_dates(column: pd.Series) -> bool:
+    """Return whether a column is not all numbers and most of it parses as dates.
+
+    Most, not all, so that a few malformed dates are reported instead of the
+    column being ignored.
+    """
+    text = column.dropna()
     if text.empty or pd.to_numeric(text, errors="coerce").notna().all():
-        return None
-    # Treat the first column as dates when most of it parses as dates, so that
-    # a few malformed dates are reported instead of the column being ignored.
-    parsed = _to_datetime(text)
-    return first if parsed.notna().mean() >= 0.5 else None
+        return False
+    return bool(_to_datetime(text).notna().mean() >= 0.5)
+
+
+def _date_column_hint(frame: pd.DataFrame, names: list[str]) -> str:
+    """Return advice to name a column of ``names`` that looks like dates, or ''."""
+    for name in names:
+        if _looks_like_dates(frame[name]):
+            return (
+                f"column {name!r} looks like dates: name it with --date-column "
+                f"{name} to use them"
+            )
+    return ""
 
 
 def _choose_value_columns(
@@ -168,13 +185,20 @@ def _choose_value_columns(
                 f"column {date_column!r} is the date column and cannot also be a "
                 "value column"
             )
+        if date_column is None:
+            unused = [name for name in frame.columns if name not in columns]
+            hint = _date_column_hint(frame, unused)
+            if hint:
+                logger.warning("the rows are used without dates, but %s", hint)
         return list(columns)
 
     candidates = [name for name in frame.columns if name != date_column]
     if len(candidates) != 1:
+        hint = _date_column_hint(frame, candidates) if date_column is None else ""
         raise ValueError(
             f"the data has {len(candidates)} value columns ({_join(candidates)}); "
             "choose one or more with --column, the target first"
+            + (f"; {hint}" if hint else "")
         )
     return candidates
 
