@@ -41,7 +41,7 @@ CASES = {
     "missing value": (replace_row(5, "2000-06-01,"), [],
                       "1 missing value (lines 7)"),
     "unparseable date": (replace_row(5, "June 2000?,105"), [],
-                         "not dates ('June 2000?' on line 7)"),
+                         "not a date ('June 2000?' on line 7)"),
     "duplicated date": (replace_row(5, "2000-05-01,105"), [],
                         "duplicated dates: 2000-05-01 appears on lines 6, 7"),
     "unsorted dates": (replace_row(5, "1999-06-01,105"), [], "is not sorted"),

@@ -107,7 +107,18 @@ def test_non_numeric_value_names_line(tmp_path):
 def test_infinite_value_is_rejected(tmp_path):
     path = write(tmp_path, "date,a\n2000-01-01,1\n2000-01-02,inf\n")
 
-    with pytest.raises(ValueError, match="non-numeric"):
+    with pytest.raises(
+        ValueError, match=r"has 1 value that is not a finite number \('inf' on line 3\)"
+    ):
+        load_series(path)
+
+
+def test_one_bad_date_is_singular(tmp_path):
+    path = write(tmp_path, "date,a\n2000-01-01,1\n2000-01-02,2\nsoon,3\n")
+
+    with pytest.raises(
+        ValueError, match=r"has 1 value that is not a date \('soon' on line 4\)"
+    ):
         load_series(path)
 
 

@@ -39,7 +39,10 @@ def naive(y: np.ndarray, origins: np.ndarray, horizon: int, total: int) -> np.nd
 def seasonal_naive(
     y: np.ndarray, origins: np.ndarray, horizon: int, total: int, season: int
 ) -> np.ndarray:
-    """Repeat the last observed season: step k from origin o is y[o - m + (k mod m)]."""
+    """Repeat the last observed season.
+
+    Step k = 1, 2, ... from origin o is y[o - m + ((k - 1) mod m)].
+    """
     parts = []
     for origin, steps in _blocks(origins, horizon, total):
         k = np.arange(steps)

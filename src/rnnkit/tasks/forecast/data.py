@@ -128,7 +128,8 @@ def _read_csv(path: Path) -> pd.DataFrame:
     except pd.errors.EmptyDataError:
         raise ValueError(f"data file {path} is empty: expected a CSV file") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as error:
-        # pandas' parser messages can end in a newline; the error is one line.
+        # pandas' parser messages can end in a newline, so the message is
+        # folded into one line.
         detail = " ".join(str(error).split())
         raise ValueError(f"could not parse {path} as CSV: {detail}") from None
     if frame.empty:
@@ -225,11 +226,12 @@ def _parse_values(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
                 for row, value in text[invalid].head(3).items()
             )
             count = int(invalid.sum())
-            raise ValueError(
-                f"column {name!r} has {count} non-numeric "
-                f"{'value' if count == 1 else 'values'} ({examples}); expected "
-                "finite numbers"
+            what = (
+                "value that is not a finite number"
+                if count == 1
+                else "values that are not finite numbers"
             )
+            raise ValueError(f"column {name!r} has {count} {what} ({examples})")
         values[name] = numbers.astype(np.float64)
     return pd.DataFrame(values)
 
@@ -249,10 +251,9 @@ def _parse_dates(text: pd.Series) -> pd.DatetimeIndex:
             f"{value!r} on line {_line(row)}"
             for row, value in text[invalid].head(3).items()
         )
-        raise ValueError(
-            f"date column {name!r} has {int(invalid.sum())} values that are not "
-            f"dates ({examples})"
-        )
+        count = int(invalid.sum())
+        what = "value that is not a date" if count == 1 else "values that are not dates"
+        raise ValueError(f"date column {name!r} has {count} {what} ({examples})")
 
     duplicated = dates.duplicated(keep=False)
     if duplicated.any():
