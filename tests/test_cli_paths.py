@@ -128,3 +128,22 @@ def test_closed_output_pipe_ends_quietly():
         os.close(writer)
     assert completed.returncode == 1
     assert completed.stderr == ""
+
+
+@pytest.mark.parametrize(
+    ("arguments", "command"),
+    [
+        (["compare", "--bogus", "1"], "rnnkit compare"),
+        (["classify", "train", "--bogus"], "rnnkit classify train"),
+        (["--bogus"], "rnnkit"),
+    ],
+)
+def test_unknown_option_points_to_its_command_help(capsys, arguments, command):
+    with pytest.raises(SystemExit) as exit_info:
+        main(arguments)
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    unknown = " ".join(arguments[arguments.index("--bogus") :])
+    assert error == (
+        f"rnnkit: error: unrecognized arguments: {unknown} (see '{command} --help')\n"
+    )

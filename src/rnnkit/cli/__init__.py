@@ -26,10 +26,32 @@ COMMAND_MODULES = [
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """An argument parser that reports a usage error in one line."""
+    """An argument parser that reports a usage error in one line.
+
+    An unrecognized argument is reported with the help of the command that
+    was parsing when it was met, not that of ``rnnkit`` itself.
+    """
 
     def error(self, message: str):
         self.exit(2, f"rnnkit: error: {message} (see '{self.prog} --help')\n")
+
+    def parse_known_args(self, args=None, namespace=None):
+        namespace, extras = super().parse_known_args(args, namespace)
+        # The innermost command parses first, so it names itself first.
+        if extras and not hasattr(namespace, "_command_prog"):
+            namespace._command_prog = self.prog
+        return namespace, extras
+
+    def parse_args(self, args=None, namespace=None):
+        namespace, extras = self.parse_known_args(args, namespace)
+        if extras:
+            prog = getattr(namespace, "_command_prog", self.prog)
+            self.exit(
+                2,
+                f"rnnkit: error: unrecognized arguments: {' '.join(extras)} "
+                f"(see '{prog} --help')\n",
+            )
+        return namespace
 
 
 def build_parser() -> argparse.ArgumentParser:
