@@ -191,3 +191,27 @@ def test_csv_parse_error_ends_in_one_newline(tmp_path, capsys):
     assert code == 2
     assert err.startswith("rnnkit: error: could not parse")
     assert err.count("\n") == 1
+
+
+def test_forecast_names_moved_training_series(tmp_path, capsys):
+    series = tmp_path / "series.csv"
+    series.write_text(csv_text(GOOD_ROWS))
+    train_out = tmp_path / "train"
+    code = main(["train", "--data", str(series), "--model", "rnn", "--context", "6",
+                 "--horizon", "3", "--epochs", "1", "--quiet",
+                 "--out", str(train_out)])  # fmt: skip
+    assert code == 0
+    capsys.readouterr()
+    series.rename(tmp_path / "moved.csv")
+
+    out = tmp_path / "forecast"
+    code = main(["forecast", "--checkpoint", str(train_out / "rnn.pt"),
+                 "--out", str(out)])  # fmt: skip
+    err = capsys.readouterr().err
+    assert_clean_failure(code, err, "pass the series to forecast with --data")
+    assert f"trained on, {series}, was not found" in err
+    assert not out.exists()
+
+    code = main(["forecast", "--checkpoint", str(train_out / "rnn.pt"),
+                 "--data", str(tmp_path / "moved.csv"), "--out", str(out)])  # fmt: skip
+    assert code == 0

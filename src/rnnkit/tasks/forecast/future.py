@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -49,6 +50,11 @@ def forecast_future(
         )
     if data is None and recorded["source"] != BUILTIN_SOURCE:
         data = recorded["source"]
+        if not Path(data).exists():
+            raise ValueError(
+                f"the series this model was trained on, {data}, was not found; "
+                "pass the series to forecast with --data"
+            )
 
     series = load_series(
         data,
