@@ -248,3 +248,14 @@ def test_recursive_forecast_of_builtin_series(tmp_path, capsys):
     assert len(frame) == 20
     assert frame["date"].iloc[0] == "2009-01-01"
     assert frame["date"].iloc[-1] == "2028-01-01"
+
+
+def test_train_lists_every_file_written(tmp_path, capsys):
+    out = tmp_path / "train"
+    code, _, err = run(["train", "--data", str(DATA / "airline-passengers.csv"),
+                        "--model", "rnn", "--epochs", "1", "--hidden-size", "8",
+                        "--context", "12", "--out", str(out)], capsys)  # fmt: skip
+    assert code == 0
+    written = sorted(path.name for path in out.iterdir())
+    assert written == ["forecast.csv", "results.json", "resume.pt", "rnn.pt"]
+    assert f"wrote results.json, forecast.csv, rnn.pt, resume.pt to {out}" in err

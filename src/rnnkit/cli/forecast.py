@@ -291,7 +291,7 @@ def run_compare_command(args: argparse.Namespace) -> int:
         return 0
     written = write_comparison(result, Path(args.out))
     print(format_table(result))
-    _report_written(written, args.quiet)
+    _report_written([*written, Path(args.out) / RESUME_FILE], args.quiet)
     return 0
 
 
@@ -302,7 +302,7 @@ def run_train_command(args: argparse.Namespace) -> int:
         return 0
     written = write_comparison(result, Path(args.out), plot=False)
     print(format_table(result))
-    _report_written(written, args.quiet)
+    _report_written([*written, Path(args.out) / RESUME_FILE], args.quiet)
     return 0
 
 
@@ -423,6 +423,8 @@ def format_table(result: CompareResult) -> str:
 
 
 def _report_written(paths: list[Path], quiet: bool) -> None:
+    """Print the names of those of ``paths`` that exist, on stderr."""
+    paths = [path for path in paths if path.is_file()]
     if quiet or not paths:
         return
     names = ", ".join(path.name for path in paths)
