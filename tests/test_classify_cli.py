@@ -83,9 +83,12 @@ def test_train_on_builtin_digits(tmp_path, capsys):
     # Predict on the built-in set, then on text, which a digits model rejects.
     predictions = tmp_path / "predictions.csv"
     argv = ["classify", "predict", "--checkpoint", str(out / "classifier.pt")]
+    capsys.readouterr()
     assert main([*argv, "--out", str(predictions)]) == 0
     with predictions.open(newline="") as file:
         assert len(list(csv.DictReader(file))) == 1797
+    err = capsys.readouterr().err
+    assert err.startswith("note: the built-in digits include the rows")
     text = tmp_path / "text.csv"
     text.write_text("sequence\nnot numbers\n")
     capsys.readouterr()

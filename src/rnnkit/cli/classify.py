@@ -256,6 +256,13 @@ def run_predict_command(args: argparse.Namespace) -> int:
         majority = payload["result"]["test"]["majority_class"]
         evaluation = score(data.labels, predicted, classes, majority)
         print(format_evaluation(evaluation, "given"))
+        if args.data is None:
+            print(
+                "note: the built-in digits include the rows the classifier may "
+                "have been trained on, so this accuracy can overstate its "
+                "accuracy on new data; results.json has the test accuracy",
+                file=sys.stderr,
+            )
     return 0
 
 
