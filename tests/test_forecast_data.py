@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from rnnkit.tasks.forecast.data import infer_frequency, load_series
@@ -50,8 +51,6 @@ def test_season_option_overrides_inferred(tmp_path):
 
 
 def test_frequency_of_weekly_and_quarterly_dates():
-    import pandas as pd
-
     weekly = pd.date_range("2000-01-02", periods=10, freq="W")
     quarterly = pd.date_range("2000-01-01", periods=10, freq="QS")
 
@@ -205,3 +204,19 @@ def test_numeric_second_column_gives_no_date_hint(tmp_path, caplog):
     assert "looks like dates" not in str(error.value)
     load_series(path, columns=["a"])
     assert caplog.text == ""
+
+
+def test_day_first_dates_are_read_day_first(tmp_path):
+    days = pd.date_range("2022-01-01", periods=40, freq="D")
+    rows = "".join(f"{day:%d/%m/%Y},{i}\n" for i, day in enumerate(days))
+    series = load_series(write(tmp_path, "date,value\n" + rows))
+    assert list(series.dates) == list(days)
+    assert series.frequency == "daily"
+    assert series.season == 7
+
+
+def test_month_first_dates_stay_month_first(tmp_path):
+    days = pd.date_range("2022-01-01", periods=40, freq="D")
+    rows = "".join(f"{day:%m/%d/%Y},{i}\n" for i, day in enumerate(days))
+    series = load_series(write(tmp_path, "date,value\n" + rows))
+    assert list(series.dates) == list(days)

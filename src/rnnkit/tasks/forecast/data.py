@@ -276,12 +276,23 @@ def _parse_dates(text: pd.Series) -> pd.DatetimeIndex:
 
 
 def _to_datetime(text: pd.Series) -> pd.Series:
+    """Parse dates month first (pandas' default for 01/02/2022), or day first
+    when that parses more of them, as with 13/01/2022 in a dd/mm/yyyy column.
+
+    A column whose days are all 12 or less parses both ways, and is read
+    month first.
+    """
     # pandas warns when it cannot infer one format for the whole column, and
     # then parses each value on its own. Values that still fail become NaT,
     # which the caller reports, so the warning adds nothing.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        return pd.to_datetime(text, errors="coerce")
+        parsed = pd.to_datetime(text, errors="coerce")
+        if parsed.isna().sum() > text.isna().sum():
+            day_first = pd.to_datetime(text, errors="coerce", dayfirst=True)
+            if day_first.notna().sum() > parsed.notna().sum():
+                return day_first
+        return parsed
 
 
 def _handle_missing(
