@@ -105,7 +105,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument(
         "--checkpoint", required=True, help="checkpoint file written by classify train"
     )
-    _add_data_options(run, with_kind=False)
+    _add_data_options(run, predicting=True)
     run.add_argument(
         "--out",
         default="predictions.csv",
@@ -114,14 +114,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.set_defaults(handler=run_predict_command)
 
 
-def _add_data_options(parser: argparse.ArgumentParser, with_kind: bool = True) -> None:
+def _add_data_options(
+    parser: argparse.ArgumentParser, predicting: bool = False
+) -> None:
+    # A prediction takes the sequence kind, and by default the columns, from
+    # the checkpoint.
     group = parser.add_argument_group("data")
     group.add_argument(
         "--data",
         help="a .csv file with a header row, or a .jsonl file with one object per "
         "line (default: the built-in handwritten digits)",
     )
-    trained = " the column used in training, else" if not with_kind else ""
+    trained = " the column used in training, else" if predicting else ""
     group.add_argument(
         "--sequence-column",
         help="column with the sequence: text, or numbers separated by commas or "
@@ -133,7 +137,7 @@ def _add_data_options(parser: argparse.ArgumentParser, with_kind: bool = True) -
         help=f"column with the class label (default:{trained} "
         f"{DEFAULT_COLUMNS['label']})",
     )
-    if with_kind:
+    if not predicting:
         group.add_argument(
             "--sequence-kind",
             choices=SEQUENCE_KINDS,

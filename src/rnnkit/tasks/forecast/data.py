@@ -226,12 +226,12 @@ def _parse_values(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
                 for row, value in text[invalid].head(3).items()
             )
             count = int(invalid.sum())
-            what = (
+            description = (
                 "value that is not a finite number"
                 if count == 1
                 else "values that are not finite numbers"
             )
-            raise ValueError(f"column {name!r} has {count} {what} ({examples})")
+            raise ValueError(f"column {name!r} has {count} {description} ({examples})")
         values[name] = numbers.astype(np.float64)
     return pd.DataFrame(values)
 
@@ -252,8 +252,10 @@ def _parse_dates(text: pd.Series) -> pd.DatetimeIndex:
             for row, value in text[invalid].head(3).items()
         )
         count = int(invalid.sum())
-        what = "value that is not a date" if count == 1 else "values that are not dates"
-        raise ValueError(f"date column {name!r} has {count} {what} ({examples})")
+        description = (
+            "value that is not a date" if count == 1 else "values that are not dates"
+        )
+        raise ValueError(f"date column {name!r} has {count} {description} ({examples})")
 
     duplicated = dates.duplicated(keep=False)
     if duplicated.any():
